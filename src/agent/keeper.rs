@@ -1,0 +1,238 @@
+//! The tunnel keeper: one HTTP/2 connection over mTLS to the server, kept up for as long as the agent runs.
+//!
+//! States: down → (connect, handshake, probe) → up → (connection ends) → down, with exponential backoff and jitter
+//! between attempts, never giving up. The current state is published on a `watch` channel that `/healthz` and the
+//! proxy read. The keeper does not retry requests: a stream in flight when the tunnel drops fails.
+
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics::AgentMetrics;
+use crate::tunnel::{
+    AGENT_PING_INTERVAL, AGENT_PING_TIMEOUT, Body, MAX_HEADER_BYTES, PROBE_AUTHORITY, empty,
+};
+
+/// First reconnect delay.
+pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Longest reconnect delay.
+pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// A tunnel that stayed up this long resets the backoff.
+pub(crate) const STABLE_PERIOD: Duration = Duration::from_secs(30);
+
+/// What the proxy sees of the tunnel.
+#[derive(Clone, Debug)]
+pub(crate) enum TunnelState {
+    Down,
+    Up(http2::SendRequest<Body>),
+}
+
+impl TunnelState {
+    pub(crate) fn is_up(&self) -> bool {
+        matches!(self, Self::Up(_))
+    }
+}
+
+/// Why one attempt to bring the tunnel up failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("cannot connect to the server: {0}")]
+    Tcp(#[source] io::Error),
+    #[error("server did not answer within {}s", .0.as_secs())]
+    Timeout(Duration),
+    #[error("server name is not valid for TLS: {0}")]
+    ServerName(String),
+    #[error("TLS handshake failed: {0}")]
+    Tls(#[source] io::Error),
+    #[error("HTTP/2 handshake failed: {0}")]
+    Http2(#[source] hyper::Error),
+    #[error("server refused the tunnel: {0}")]
+    Probe(String),
+}
+
+/// The delay before reconnect attempt `attempt` (0-based): doubling from [`RECONNECT_MIN`], capped at
+/// [`RECONNECT_MAX`], then scaled into its upper half by `jitter` in `[0, 1]` so agents do not reconnect in step.
+pub(crate) fn backoff_delay(attempt: u32, jitter: f64) -> Duration {
+    let exponential = RECONNECT_MIN.saturating_mul(1u32 << attempt.min(16));
+    let capped = exponential.min(RECONNECT_MAX);
+    capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// A jitter sample in `[0, 1]` from the standard library's randomly keyed hasher.
+fn jitter_sample() -> f64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Keeps the tunnel up and publishes its state.
+pub(crate) struct Keeper {
+    pub(crate) server_host: String,
+    pub(crate) server_port: u16,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
+    pub(crate) state: watch::Sender<TunnelState>,
+    pub(crate) metrics: Arc<AgentMetrics>,
+}
+
+/// Aborts the connection task when the tunnel is replaced or the keeper stops.
+struct AbortOnDrop(JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Keeper {
+    /// Runs until `stop` is cancelled.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut attempt: u32 = 0;
+        loop {
+            let attempt_result = tokio::select! {
+                () = stop.cancelled() => return,
+                result = self.connect_once() => result,
+            };
+            match attempt_result {
+                Ok((sender, mut conn)) => {
+                    let since = Instant::now();
+                    self.metrics.tunnel_connects.inc();
+                    self.metrics.tunnel_up.set(1);
+                    self.state.send_replace(TunnelState::Up(sender));
+                    info!(server = %self.server_host, "tunnel up");
+                    let ended = tokio::select! {
+                        () = stop.cancelled() => None,
+                        ended = &mut conn.0 => Some(ended),
+                    };
+                    self.state.send_replace(TunnelState::Down);
+                    self.metrics.tunnel_up.set(0);
+                    let Some(ended) = ended else { return };
+                    let reason = match ended {
+                        Ok(Ok(())) => "connection closed".to_string(),
+                        Ok(Err(err)) => err.to_string(),
+                        Err(err) => err.to_string(),
+                    };
+                    warn!(reason = %reason, "tunnel lost, reconnecting");
+                    if since.elapsed() >= STABLE_PERIOD {
+                        attempt = 0;
+                    }
+                }
+                Err(err) => {
+                    self.metrics.tunnel_failures.inc();
+                    warn!(error = %err, attempt, "tunnel connect failed");
+                }
+            }
+            let delay = backoff_delay(attempt, jitter_sample());
+            attempt = attempt.saturating_add(1);
+            debug!(delay_ms = delay.as_millis() as u64, "reconnect scheduled");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn connect_once(&self) -> Result<(http2::SendRequest<Body>, AbortOnDrop), ConnectError> {
+        let limit = self.connect_timeout;
+        let timed = |e: tokio::time::error::Elapsed| {
+            let _ = e;
+            ConnectError::Timeout(limit)
+        };
+        let tcp = tokio::time::timeout(
+            limit,
+            TcpStream::connect((self.server_host.as_str(), self.server_port)),
+        )
+        .await
+        .map_err(timed)?
+        .map_err(ConnectError::Tcp)?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(self.server_host.clone())
+            .map_err(|e| ConnectError::ServerName(e.to_string()))?;
+        let config = match self.tls.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let tls = tokio::time::timeout(limit, TlsConnector::from(config).connect(name, tcp))
+            .await
+            .map_err(timed)?
+            .map_err(ConnectError::Tls)?;
+        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .keep_alive_interval(AGENT_PING_INTERVAL)
+            .keep_alive_timeout(AGENT_PING_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(ConnectError::Http2)?;
+        let mut conn = AbortOnDrop(tokio::spawn(conn));
+        // TLS 1.3 refuses a client certificate after the handshake: only an answered request proves the tunnel.
+        let probe = http::Request::get(format!("http://{PROBE_AUTHORITY}/"))
+            .body(empty())
+            .map_err(|e| ConnectError::Probe(e.to_string()))?;
+        let answered = tokio::time::timeout(limit, sender.send_request(probe))
+            .await
+            .map_err(timed)?;
+        match answered {
+            Ok(response) if response.status() == http::StatusCode::NO_CONTENT => Ok((sender, conn)),
+            Ok(response) => Err(ConnectError::Probe(format!(
+                "unexpected probe answer {}",
+                response.status()
+            ))),
+            Err(err) => {
+                // The connection task holds the real reason (for example a TLS alert naming the refusal).
+                let reason =
+                    match tokio::time::timeout(Duration::from_millis(200), &mut conn.0).await {
+                        Ok(Ok(Err(conn_err))) => conn_err.to_string(),
+                        _ => err.to_string(),
+                    };
+                Err(ConnectError::Probe(reason))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let cases = [
+            (0, 1.0, Duration::from_millis(100)),
+            (0, 0.0, Duration::from_millis(50)),
+            (1, 1.0, Duration::from_millis(200)),
+            (3, 1.0, Duration::from_millis(800)),
+            (7, 1.0, Duration::from_secs(10)),
+            (30, 1.0, Duration::from_secs(10)),
+            (u32::MAX, 0.0, Duration::from_secs(5)),
+        ];
+        for (attempt, jitter, expected) in cases {
+            assert_eq!(
+                backoff_delay(attempt, jitter),
+                expected,
+                "attempt {attempt}"
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_is_in_range() {
+        for _ in 0..100 {
+            let j = jitter_sample();
+            assert!((0.0..=1.0).contains(&j), "{j}");
+        }
+    }
+}

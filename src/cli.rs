@@ -1,0 +1,239 @@
+//! The command line: `fluidity certs {init, issue, revoke}`, `server`, `agent` and `up`, as clap derive structs.
+//!
+//! The doc comments here are the `--help` text. The option structs of `server` and `agent` are the configuration
+//! layers themselves ([`ServerLayer`], [`AgentLayer`]), flattened in, so every YAML key is also a flag.
+//! This module only describes the command line: it does not read files or the environment, merge layers or run
+//! anything (that is `config` and `main`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{
+    AgentLayer, DEFAULT_CERT_DAYS, DEFAULT_CLIENT_CN, DEFAULT_LOCAL_PROXY_PORT, ServerLayer,
+};
+
+/// Fluidity: a personal HTTP tunnel. A local HTTP/1.1 proxy (the agent) carries your traffic over one mutually
+/// authenticated TLS 1.3 HTTP/2 connection to an exit server.
+///
+/// Settings come from, highest first: command-line flags, FLUIDITY_<KEY> environment variables, the YAML file given
+/// with --config, and built-in defaults.
+#[derive(Debug, Parser)]
+#[command(name = "fluidity", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create and manage the private CA and certificates
+    Certs {
+        /// The certificate operation.
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Run the exit server
+    Server(ServerArgs),
+    /// Run the local proxy
+    Agent(AgentArgs),
+    /// Run server and agent together on this machine, with generated certificates
+    Up(UpArgs),
+}
+
+/// `fluidity certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Create a private CA plus a server and a client certificate (PEM) in a folder
+    ///
+    /// Writes ca.crt, ca.key, server.crt, server.key, client.crt and client.key. Private keys get mode 0600.
+    Init {
+        /// Folder to write the CA and certificates into (created if missing)
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A host name or IP address the server certificate is valid for; repeat for several
+        /// (default: localhost, 127.0.0.1, ::1)
+        #[arg(long = "server-san", value_name = "NAME_OR_IP")]
+        server_san: Vec<String>,
+        /// Common name of the client certificate
+        #[arg(long, value_name = "NAME", default_value = DEFAULT_CLIENT_CN)]
+        client_cn: String,
+        /// Validity of the certificates, in days
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_CERT_DAYS)]
+        days: u32,
+        /// Overwrite existing files
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue one more client certificate from an existing CA: OUT/NAME.crt and OUT/NAME.key
+    Issue {
+        /// Folder holding ca.crt and ca.key
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// Name of the client (the certificate's common name and the file names)
+        #[arg(long, value_name = "NAME")]
+        client: String,
+        /// Folder to write NAME.crt and NAME.key into
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity of the certificate, in days
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_CERT_DAYS)]
+        days: u32,
+        /// Overwrite existing files
+        #[arg(long)]
+        force: bool,
+    },
+    /// Revoke a client certificate: add it to DIR/crl.pem (point the server's crl_file at it)
+    Revoke {
+        /// Folder holding ca.crt and ca.key
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// The certificate to revoke (PEM)
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+    },
+}
+
+/// `fluidity server`
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// YAML configuration file (server.yaml); without it only environment, flags and defaults apply
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Settings that override the file and the environment.
+    #[command(flatten)]
+    pub flags: ServerLayer,
+}
+
+/// `fluidity agent`
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// YAML configuration file (agent.yaml); without it only environment, flags and defaults apply
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Settings that override the file and the environment.
+    #[command(flatten)]
+    pub flags: AgentLayer,
+    /// Write the flags given back into the config file, keeping its other keys (comments are lost)
+    #[arg(long, requires = "config")]
+    pub save: bool,
+}
+
+/// `fluidity up`
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Folder for certificates and state (default: a per-user data folder: $XDG_DATA_HOME/fluidity or
+    /// ~/.local/share/fluidity)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Agent proxy port (on 127.0.0.1)
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_LOCAL_PROXY_PORT)]
+    pub port: u16,
+    /// Log level (trace, debug, info, warn, error, off) or a tracing filter directive (default: info)
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn agent_flags_parse_into_the_layer() {
+        let cli = Cli::try_parse_from([
+            "fluidity",
+            "agent",
+            "--config",
+            "agent.yaml",
+            "--server-ip",
+            "203.0.113.7",
+            "--fast-connect",
+            "--allow-open-proxy=false",
+            "--log-format",
+            "json",
+            "--save",
+        ])
+        .expect("valid command line");
+        let Command::Agent(args) = cli.command else {
+            panic!("expected the agent command");
+        };
+        assert!(args.save);
+        assert_eq!(args.flags.server_ip.as_deref(), Some("203.0.113.7"));
+        assert_eq!(args.flags.fast_connect, Some(true));
+        assert_eq!(args.flags.allow_open_proxy, Some(false));
+        assert_eq!(args.flags.log_format, Some(crate::config::LogFormat::Json));
+        assert_eq!(args.flags.server_port, None);
+    }
+
+    #[test]
+    fn save_requires_config() {
+        assert!(Cli::try_parse_from(["fluidity", "agent", "--save"]).is_err());
+    }
+
+    #[test]
+    fn server_list_flags_accept_repeats_and_commas() {
+        let cli = Cli::try_parse_from([
+            "fluidity",
+            "server",
+            "--deny-targets",
+            "10.0.0.0/8,:25",
+            "--deny-targets",
+            "*.internal",
+        ])
+        .expect("valid command line");
+        let Command::Server(args) = cli.command else {
+            panic!("expected the server command");
+        };
+        assert_eq!(
+            args.flags.deny_targets,
+            Some(vec![
+                "10.0.0.0/8".to_owned(),
+                ":25".to_owned(),
+                "*.internal".to_owned()
+            ])
+        );
+        assert_eq!(args.flags.allow_targets, None);
+    }
+
+    #[test]
+    fn up_defaults() {
+        let cli = Cli::try_parse_from(["fluidity", "up"]).expect("valid command line");
+        let Command::Up(args) = cli.command else {
+            panic!("expected the up command");
+        };
+        assert_eq!(args.port, DEFAULT_LOCAL_PROXY_PORT);
+        assert_eq!(args.dir, None);
+    }
+
+    #[test]
+    fn certs_init_defaults() {
+        let cli = Cli::try_parse_from(["fluidity", "certs", "init", "--out", "pki"])
+            .expect("valid command line");
+        let Command::Certs {
+            command:
+                CertsCommand::Init {
+                    out,
+                    server_san,
+                    client_cn,
+                    days,
+                    force,
+                },
+        } = cli.command
+        else {
+            panic!("expected certs init");
+        };
+        assert_eq!(out, PathBuf::from("pki"));
+        assert!(server_san.is_empty());
+        assert_eq!(client_cn, DEFAULT_CLIENT_CN);
+        assert_eq!(days, DEFAULT_CERT_DAYS);
+        assert!(!force);
+    }
+}

@@ -1,0 +1,496 @@
+//! The validation pass: turns a merged layer into an [`AgentConfig`] or [`ServerConfig`], refusing values that
+//! have the right type but cannot work (zero limits, bad log levels, an open proxy by accident).
+//!
+//! It runs before anything binds. Every error names the key and the layer its value came from. It does not check
+//! that files exist or parse (that is `tls`, at startup and on reload), nor the syntax of target rules (`server`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::sources::Origins;
+use super::{
+    AgentConfig, AgentLayer, ConfigError, LogSettings, MAX_HEADER_READ_TIMEOUT_SECS, ServerConfig,
+    ServerLayer, TlsFiles, idle_timeout, rate_limit_burst,
+};
+
+/// The level words tracing's filter accepts on their own.
+const LOG_LEVEL_WORDS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// The value, or the "is required" error naming every layer that could set it.
+fn required<T>(value: Option<T>, key: &'static str, origins: &Origins) -> Result<T, ConfigError> {
+    value.ok_or_else(|| origins.missing(key))
+}
+
+/// A level word, or something that looks like a filter directive (`target=level`, or a list).
+fn check_log_level(level: &str, origins: &Origins) -> Result<(), ConfigError> {
+    let word = LOG_LEVEL_WORDS
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(level.trim()));
+    if word || level.contains('=') || level.contains(',') {
+        Ok(())
+    } else {
+        Err(origins.invalid(
+            "log_level",
+            format!(
+                "`{level}` is not a level: use trace, debug, info, warn, error, off or a filter such as \
+                 fluidity=debug,h2=warn"
+            ),
+        ))
+    }
+}
+
+/// A value that must be greater than zero.
+fn check_positive(value: u64, key: &'static str, origins: &Origins) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(origins.invalid(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+/// The server host: an IP address or a host name, without a port. `[v6]` is accepted and unbracketed.
+fn check_server_host(raw: String, origins: &Origins) -> Result<String, ConfigError> {
+    let host = raw.trim();
+    let unbracketed = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .filter(|h| h.parse::<IpAddr>().is_ok());
+    let host = unbracketed.unwrap_or(host);
+    if host.is_empty() {
+        return Err(origins.invalid("server_ip", "must not be empty"));
+    }
+    let bad_char = host
+        .chars()
+        .any(|c| c.is_whitespace() || "/[]@".contains(c));
+    if bad_char || (host.contains(':') && host.parse::<IpAddr>().is_err()) {
+        return Err(origins.invalid(
+            "server_ip",
+            format!("`{host}` is not an IP address or host name (set the port with server_port)"),
+        ));
+    }
+    Ok(host.to_owned())
+}
+
+/// Validates the merged agent layer and converts it.
+///
+/// # Errors
+/// [`ConfigError::Missing`] for `server_ip`, [`ConfigError::Invalid`] for a refused value.
+pub(crate) fn resolve_agent(
+    merged: AgentLayer,
+    origins: &Origins,
+) -> Result<AgentConfig, ConfigError> {
+    let AgentLayer {
+        server_ip,
+        server_port,
+        local_proxy_port,
+        listen_addr,
+        cert_file,
+        key_file,
+        ca_cert_file,
+        log_level,
+        log_format,
+        fast_connect,
+        proxy_auth,
+        allow_open_proxy,
+        connect_timeout_secs,
+        idle_timeout_secs,
+        header_read_timeout_secs,
+    } = merged;
+
+    let server_host = check_server_host(required(server_ip, "server_ip", origins)?, origins)?;
+    let server_port = required(server_port, "server_port", origins)?;
+    if server_port == 0 {
+        return Err(origins.invalid("server_port", "must not be 0"));
+    }
+    let log_level = required(log_level, "log_level", origins)?;
+    check_log_level(&log_level, origins)?;
+    let connect_timeout_secs = required(connect_timeout_secs, "connect_timeout_secs", origins)?;
+    check_positive(connect_timeout_secs, "connect_timeout_secs", origins)?;
+    let header_read_timeout_secs = required(
+        header_read_timeout_secs,
+        "header_read_timeout_secs",
+        origins,
+    )?;
+    if !(1..=MAX_HEADER_READ_TIMEOUT_SECS).contains(&header_read_timeout_secs) {
+        return Err(origins.invalid(
+            "header_read_timeout_secs",
+            format!("must be between 1 and {MAX_HEADER_READ_TIMEOUT_SECS}"),
+        ));
+    }
+    let listen_addr = required(listen_addr, "listen_addr", origins)?;
+    let allow_open_proxy = required(allow_open_proxy, "allow_open_proxy", origins)?;
+    if !listen_addr.is_loopback() && proxy_auth.is_none() && !allow_open_proxy {
+        return Err(origins.invalid(
+            "listen_addr",
+            format!(
+                "{listen_addr} is not loopback: set proxy_auth or allow_open_proxy: true \
+                 (otherwise anyone who can reach the port can use your tunnel)"
+            ),
+        ));
+    }
+
+    Ok(AgentConfig {
+        server_host,
+        server_port,
+        listen: SocketAddr::new(
+            listen_addr,
+            required(local_proxy_port, "local_proxy_port", origins)?,
+        ),
+        tls: TlsFiles {
+            cert_file: required(cert_file, "cert_file", origins)?,
+            key_file: required(key_file, "key_file", origins)?,
+            ca_cert_file: required(ca_cert_file, "ca_cert_file", origins)?,
+        },
+        log: LogSettings {
+            level: log_level,
+            format: required(log_format, "log_format", origins)?,
+        },
+        fast_connect: required(fast_connect, "fast_connect", origins)?,
+        proxy_auth,
+        allow_open_proxy,
+        connect_timeout: Duration::from_secs(connect_timeout_secs),
+        idle_timeout: idle_timeout(required(idle_timeout_secs, "idle_timeout_secs", origins)?),
+        header_read_timeout: Duration::from_secs(header_read_timeout_secs),
+    })
+}
+
+/// Validates the merged server layer and converts it.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for a refused value.
+pub(crate) fn resolve_server(
+    merged: ServerLayer,
+    origins: &Origins,
+) -> Result<ServerConfig, ConfigError> {
+    let ServerLayer {
+        listen_addr,
+        listen_port,
+        cert_file,
+        key_file,
+        ca_cert_file,
+        log_level,
+        log_format,
+        max_connections,
+        health_addr,
+        allow_private_targets,
+        crl_file,
+        max_streams_per_agent,
+        rate_limit_per_agent,
+        rate_limit_burst: burst,
+        deny_targets,
+        allow_targets,
+        connect_timeout_secs,
+        idle_timeout_secs,
+        tls_handshake_timeout_secs,
+    } = merged;
+
+    let log_level = required(log_level, "log_level", origins)?;
+    check_log_level(&log_level, origins)?;
+    let max_connections = required(max_connections, "max_connections", origins)?;
+    if max_connections == 0 {
+        return Err(origins.invalid("max_connections", "must be greater than 0"));
+    }
+    let max_streams_per_agent = required(max_streams_per_agent, "max_streams_per_agent", origins)?;
+    check_positive(
+        max_streams_per_agent.into(),
+        "max_streams_per_agent",
+        origins,
+    )?;
+    let connect_timeout_secs = required(connect_timeout_secs, "connect_timeout_secs", origins)?;
+    check_positive(connect_timeout_secs, "connect_timeout_secs", origins)?;
+    let tls_handshake_timeout_secs = required(
+        tls_handshake_timeout_secs,
+        "tls_handshake_timeout_secs",
+        origins,
+    )?;
+    check_positive(
+        tls_handshake_timeout_secs,
+        "tls_handshake_timeout_secs",
+        origins,
+    )?;
+    if burst == Some(0) {
+        return Err(origins.invalid("rate_limit_burst", "must be at least 1"));
+    }
+    let rate_limit_per_agent = required(rate_limit_per_agent, "rate_limit_per_agent", origins)?;
+    let deny_targets = required(deny_targets, "deny_targets", origins)?;
+    let allow_targets = required(allow_targets, "allow_targets", origins)?;
+    for (key, rules) in [
+        ("deny_targets", &deny_targets),
+        ("allow_targets", &allow_targets),
+    ] {
+        if rules.iter().any(|rule| rule.trim().is_empty()) {
+            return Err(origins.invalid(key, "contains an empty rule"));
+        }
+    }
+
+    Ok(ServerConfig {
+        listen: SocketAddr::new(
+            required(listen_addr, "listen_addr", origins)?,
+            required(listen_port, "listen_port", origins)?,
+        ),
+        tls: TlsFiles {
+            cert_file: required(cert_file, "cert_file", origins)?,
+            key_file: required(key_file, "key_file", origins)?,
+            ca_cert_file: required(ca_cert_file, "ca_cert_file", origins)?,
+        },
+        log: LogSettings {
+            level: log_level,
+            format: required(log_format, "log_format", origins)?,
+        },
+        max_connections,
+        health_addr: required(health_addr, "health_addr", origins)?,
+        allow_private_targets: required(allow_private_targets, "allow_private_targets", origins)?,
+        crl_file,
+        max_streams_per_agent,
+        rate_limit_per_agent,
+        rate_limit_burst: rate_limit_burst(rate_limit_per_agent, burst),
+        deny_targets,
+        allow_targets,
+        connect_timeout: Duration::from_secs(connect_timeout_secs),
+        idle_timeout: idle_timeout(required(idle_timeout_secs, "idle_timeout_secs", origins)?),
+        tls_handshake_timeout: Duration::from_secs(tls_handshake_timeout_secs),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyAuth;
+    use std::path::Path;
+
+    fn agent(file: AgentLayer) -> Result<AgentConfig, ConfigError> {
+        let cli = AgentLayer::default();
+        let env = AgentLayer::default();
+        let origins = Origins::new(&cli, &env, &file, Some(Path::new("agent.yaml")));
+        let merged = super::super::merge_agent(&cli, &env, &file, &AgentLayer::defaults());
+        resolve_agent(merged, &origins)
+    }
+
+    fn server(file: ServerLayer) -> Result<ServerConfig, ConfigError> {
+        let cli = ServerLayer::default();
+        let env = ServerLayer::default();
+        let origins = Origins::new(&cli, &env, &file, Some(Path::new("server.yaml")));
+        let merged = super::super::merge_server(&cli, &env, &file, &ServerLayer::defaults());
+        resolve_server(merged, &origins)
+    }
+
+    fn with_host(layer: AgentLayer) -> AgentLayer {
+        AgentLayer {
+            server_ip: Some("example.net".into()),
+            ..layer
+        }
+    }
+
+    #[test]
+    fn missing_server_ip() {
+        let err = agent(AgentLayer::default()).expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            "server_ip is required (set it in agent.yaml, FLUIDITY_SERVER_IP or --server-ip)"
+        );
+    }
+
+    #[test]
+    fn open_proxy_is_refused_unless_allowed_or_authenticated() {
+        let open = with_host(AgentLayer {
+            listen_addr: Some("0.0.0.0".parse().expect("ip")),
+            ..AgentLayer::default()
+        });
+        let err = agent(open.clone()).expect_err("open proxy");
+        assert_eq!(
+            err.to_string(),
+            "agent.yaml: listen_addr: 0.0.0.0 is not loopback: set proxy_auth or allow_open_proxy: true \
+             (otherwise anyone who can reach the port can use your tunnel)"
+        );
+        let allowed = AgentLayer {
+            allow_open_proxy: Some(true),
+            ..open.clone()
+        };
+        assert!(agent(allowed).is_ok());
+        let authenticated = AgentLayer {
+            proxy_auth: ProxyAuth::parse("u:p"),
+            ..open
+        };
+        assert!(agent(authenticated).is_ok());
+        let loopback_v6 = with_host(AgentLayer {
+            listen_addr: Some("::1".parse().expect("ip")),
+            ..AgentLayer::default()
+        });
+        assert!(agent(loopback_v6).is_ok());
+    }
+
+    #[test]
+    fn agent_defaults() {
+        let config = agent(with_host(AgentLayer::default())).expect("valid");
+        assert_eq!(config.server_port, 8443);
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(config.tls.ca_cert_file, Path::new("certs/ca.crt"));
+        assert_eq!(config.log.level, "info");
+        assert!(!config.fast_connect && !config.allow_open_proxy);
+        assert!(config.proxy_auth.is_none());
+        assert_eq!(config.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.idle_timeout, Some(Duration::from_secs(600)));
+        assert_eq!(config.header_read_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn server_host_forms() {
+        for (given, expected) in [
+            ("example.net", "example.net"),
+            (" 192.0.2.1 ", "192.0.2.1"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+        ] {
+            let config = agent(AgentLayer {
+                server_ip: Some(given.into()),
+                ..AgentLayer::default()
+            })
+            .expect(given);
+            assert_eq!(config.server_host, expected);
+        }
+        for bad in ["", "example.net:8443", "https://example.net", "a b"] {
+            let err = agent(AgentLayer {
+                server_ip: Some(bad.into()),
+                ..AgentLayer::default()
+            })
+            .expect_err(bad);
+            assert!(
+                err.to_string().starts_with("agent.yaml: server_ip: "),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_range_checks_name_key_and_origin() {
+        let cases = [
+            (
+                AgentLayer {
+                    log_level: Some("verbose".into()),
+                    ..AgentLayer::default()
+                },
+                "agent.yaml: log_level: `verbose` is not a level",
+            ),
+            (
+                AgentLayer {
+                    connect_timeout_secs: Some(0),
+                    ..AgentLayer::default()
+                },
+                "agent.yaml: connect_timeout_secs: must be greater than 0",
+            ),
+            (
+                AgentLayer {
+                    header_read_timeout_secs: Some(0),
+                    ..AgentLayer::default()
+                },
+                "agent.yaml: header_read_timeout_secs: must be between 1 and 300",
+            ),
+            (
+                AgentLayer {
+                    header_read_timeout_secs: Some(301),
+                    ..AgentLayer::default()
+                },
+                "agent.yaml: header_read_timeout_secs: must be between 1 and 300",
+            ),
+            (
+                AgentLayer {
+                    server_port: Some(0),
+                    ..AgentLayer::default()
+                },
+                "agent.yaml: server_port: must not be 0",
+            ),
+        ];
+        for (layer, expected) in cases {
+            let err = agent(with_host(layer)).expect_err(expected);
+            assert!(err.to_string().starts_with(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn log_level_forms() {
+        for ok in ["trace", "DEBUG", "off", "fluidity=debug", "info,h2=warn"] {
+            let layer = with_host(AgentLayer {
+                log_level: Some(ok.into()),
+                ..AgentLayer::default()
+            });
+            assert!(agent(layer).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn server_checks() {
+        let config = server(ServerLayer::default()).expect("defaults");
+        assert_eq!(config.listen, "0.0.0.0:8443".parse().expect("addr"));
+        assert_eq!(config.rate_limit_burst, 1);
+        assert_eq!(config.tls_handshake_timeout, Duration::from_secs(10));
+        let burst = server(ServerLayer {
+            rate_limit_per_agent: Some(20),
+            ..ServerLayer::default()
+        })
+        .expect("valid");
+        assert_eq!(burst.rate_limit_burst, 20);
+        let explicit = server(ServerLayer {
+            rate_limit_per_agent: Some(20),
+            rate_limit_burst: Some(50),
+            ..ServerLayer::default()
+        })
+        .expect("valid");
+        assert_eq!(explicit.rate_limit_burst, 50);
+
+        let cases = [
+            (
+                ServerLayer {
+                    max_connections: Some(0),
+                    ..ServerLayer::default()
+                },
+                "server.yaml: max_connections: must be greater than 0",
+            ),
+            (
+                ServerLayer {
+                    max_streams_per_agent: Some(0),
+                    ..ServerLayer::default()
+                },
+                "server.yaml: max_streams_per_agent: must be greater than 0",
+            ),
+            (
+                ServerLayer {
+                    connect_timeout_secs: Some(0),
+                    ..ServerLayer::default()
+                },
+                "server.yaml: connect_timeout_secs: must be greater than 0",
+            ),
+            (
+                ServerLayer {
+                    tls_handshake_timeout_secs: Some(0),
+                    ..ServerLayer::default()
+                },
+                "server.yaml: tls_handshake_timeout_secs: must be greater than 0",
+            ),
+            (
+                ServerLayer {
+                    rate_limit_burst: Some(0),
+                    ..ServerLayer::default()
+                },
+                "server.yaml: rate_limit_burst: must be at least 1",
+            ),
+            (
+                ServerLayer {
+                    deny_targets: Some(vec![String::new()]),
+                    ..ServerLayer::default()
+                },
+                "server.yaml: deny_targets: contains an empty rule",
+            ),
+            (
+                ServerLayer {
+                    log_level: Some("loud".into()),
+                    ..ServerLayer::default()
+                },
+                "server.yaml: log_level: `loud` is not a level",
+            ),
+        ];
+        for (layer, expected) in cases {
+            let err = server(layer).expect_err(expected);
+            assert!(err.to_string().starts_with(expected), "{err}");
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Fluidity: a personal HTTP tunnel.
+//!
+//! The **agent** is an HTTP/1.1 forward proxy on the user's machine (plain HTTP, HTTPS through CONNECT, WebSocket).
+//! It keeps one **tunnel** to the **server**: TLS 1.3 with client certificates from the user's own CA, carrying
+//! every caller request as a stream of one HTTP/2 connection. The server dials the **targets** and relays.
+//!
+//! # Layout
+//! - `cli`: the command line (clap); `config`: layered configuration (defaults, YAML, `FLUIDITY_*` env, flags).
+//! - `certs`: the private CA and certificates (rcgen); `tls`: rustls configurations and TLS material checks.
+//! - `tunnel`: what both roles agree on: the request → stream mapping, header rules, byte splicing.
+//! - `agent`: the proxy listener, its service, and the tunnel keeper. `server`: the TLS accept loop, the HTTP/2
+//!   service, target dialing and the destination policy.
+//! - `admin`: `/healthz` and `/metrics`; `metrics`: counters and their rendering; `error`: the one mapping from
+//!   failures to HTTP statuses; `shutdown`: signals and graceful drain; `up`: server and agent in one process.
+//!
+//! `agent` and `server` never use each other; only `up` composes both.
+
+pub mod agent;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod server;
+pub mod shutdown;
+pub mod tls;
+pub mod up;
+
+mod admin;
+mod error;
+mod metrics;
+mod tunnel;
+
+pub use agent::Agent;
+pub use server::Server;

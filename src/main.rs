@@ -1,0 +1,199 @@
+//! The `fluidity` binary: parses the command line, sets up logging, runs the chosen command and maps the outcome to
+//! an exit code (0 success or signal, 1 runtime failure, 2 usage or configuration error).
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use std::collections::HashMap;
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use fluidity::cli::{AgentArgs, CertsCommand, Cli, Command, ServerArgs, UpArgs};
+use fluidity::config::{self, LogFormat, LogSettings};
+use fluidity::shutdown;
+use fluidity::up::{self, Up};
+use fluidity::{Agent, Server, certs};
+
+/// Dependencies whose logs are noise at `info`; they stay at `warn` unless the filter names them.
+const QUIET_DEPENDENCIES: [&str; 4] = ["h2", "hyper", "hyper_util", "rustls"];
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    match cli.command {
+        Command::Certs { command } => run_certs(command),
+        Command::Server(args) => run_server(args, &env),
+        Command::Agent(args) => run_agent(args, &env),
+        Command::Up(args) => run_up(args, &env),
+    }
+}
+
+/// A configuration error: one line on stderr, exit 2.
+fn config_failure(err: impl std::fmt::Display) -> ExitCode {
+    eprintln!("fluidity: {err}");
+    ExitCode::from(2)
+}
+
+fn init_tracing(log: &LogSettings) {
+    let mut directives = log.level.clone();
+    for dependency in QUIET_DEPENDENCIES {
+        if !directives.contains(dependency) {
+            directives.push_str(&format!(",{dependency}=warn"));
+        }
+    }
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Runs a role on a fresh runtime: signals, then `start` binds and runs it. Startup and runtime failures are logged
+/// once and exit 1.
+fn run_role<F, Fut>(start: F) -> ExitCode
+where
+    F: FnOnce(tokio_util::sync::CancellationToken, tokio::sync::watch::Receiver<u64>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let outcome = runtime()
+        .context("cannot start the runtime")
+        .and_then(|rt| {
+            rt.block_on(async {
+                let (token, reload) =
+                    shutdown::signals().context("cannot install signal handlers")?;
+                start(token, reload).await
+            })
+        });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err:#}");
+            eprintln!("fluidity: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Calls `reload` on every SIGHUP; a failed reload keeps the old material and is logged.
+fn spawn_reloader(
+    mut signal: tokio::sync::watch::Receiver<u64>,
+    reload: impl Fn() -> anyhow::Result<()> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        while signal.changed().await.is_ok() {
+            if let Err(err) = reload() {
+                error!(error = %format!("{err:#}"), "reload failed, keeping the current certificates");
+            }
+        }
+    });
+}
+
+fn run_server(args: ServerArgs, env: &HashMap<String, String>) -> ExitCode {
+    let config = match config::load_server(args.config.as_deref(), &args.flags, env) {
+        Ok(config) => config,
+        Err(err) => return config_failure(err),
+    };
+    init_tracing(&config.log);
+    run_role(|token, reload| async move {
+        let server = Server::bind(config).await?;
+        let reloader = server.reloader();
+        spawn_reloader(reload, move || reloader.reload());
+        server.run(token).await
+    })
+}
+
+fn run_agent(args: AgentArgs, env: &HashMap<String, String>) -> ExitCode {
+    let config = match config::load_agent(args.config.as_deref(), &args.flags, env) {
+        Ok(config) => config,
+        Err(err) => return config_failure(err),
+    };
+    if args.save
+        && let Some(path) = &args.config
+    {
+        if let Err(err) = config::save_agent(path, &args.flags) {
+            return config_failure(err);
+        }
+        eprintln!("fluidity: saved the given flags to {}", path.display());
+    }
+    init_tracing(&config.log);
+    run_role(|token, reload| async move {
+        let agent = Agent::bind(config).await?;
+        let reloader = agent.reloader();
+        spawn_reloader(reload, move || reloader.reload());
+        agent.run(token).await
+    })
+}
+
+#[expect(clippy::print_stdout, reason = "up talks to the person who started it")]
+fn run_up(args: UpArgs, env: &HashMap<String, String>) -> ExitCode {
+    let Some(dir) = args.dir.or_else(|| up::default_dir(env)) else {
+        return config_failure("no folder for certificates: set --dir (HOME is not set)");
+    };
+    let log = LogSettings {
+        level: args.log_level.unwrap_or_else(|| "info".to_string()),
+        ..LogSettings::default()
+    };
+    if EnvFilter::try_new(&log.level).is_err() {
+        return config_failure(format!(
+            "--log-level: `{}` is not a valid level or filter",
+            log.level
+        ));
+    }
+    init_tracing(&log);
+    run_role(|token, reload| async move {
+        let up = Up::prepare(dir, args.port).await?;
+        println!("{}", up.instructions());
+        let server_reload = up.server.reloader();
+        let agent_reload = up.agent.reloader();
+        spawn_reloader(reload, move || {
+            server_reload.reload()?;
+            agent_reload.reload()
+        });
+        up.run(token).await
+    })
+}
+
+#[expect(clippy::print_stdout, reason = "certs reports the files it wrote")]
+fn run_certs(command: CertsCommand) -> ExitCode {
+    let written = match command {
+        CertsCommand::Init {
+            out,
+            server_san,
+            client_cn,
+            days,
+            force,
+        } => certs::init_dir(&out, &server_san, &client_cn, days, force),
+        CertsCommand::Issue {
+            ca_dir,
+            client,
+            out,
+            days,
+            force,
+        } => certs::issue_into(&ca_dir, &client, &out, days, force),
+        CertsCommand::Revoke { ca_dir, cert } => certs::revoke(&ca_dir, &cert).map(|crl| vec![crl]),
+    };
+    match written {
+        Ok(paths) => {
+            for path in paths {
+                println!("wrote {}", path.display());
+            }
+            info!("certificates written");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("fluidity: {err}");
+            ExitCode::from(1)
+        }
+    }
+}

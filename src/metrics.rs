@@ -1,0 +1,329 @@
+//! Counters and gauges of both roles, and their Prometheus text rendering.
+//!
+//! Names follow `fluidity_<role>_<what>_<unit>`; label values are bounded (kinds, outcomes, classes), never a host,
+//! URL or address. Each role owns one registry: there is no global state.
+
+use prometheus_client::encoding::{EncodeLabelSet, text::encode};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
+use prometheus_client::registry::Registry;
+
+/// What a stream carries.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum StreamKind {
+    Http,
+    Connect,
+    Websocket,
+}
+
+impl StreamKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Connect => "connect",
+            Self::Websocket => "websocket",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct DirectionLabel {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabel {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+/// Bytes counted in one direction: `up` is caller → target, `down` target → caller.
+#[derive(Clone, Debug)]
+pub(crate) struct ByteCounters {
+    pub(crate) up: Counter,
+    pub(crate) down: Counter,
+}
+
+fn byte_counters(family: &Family<DirectionLabel, Counter>) -> ByteCounters {
+    // One statement each: `get_or_create` returns a guard that must be gone before the next call.
+    let up = family
+        .get_or_create(&DirectionLabel { direction: "up" })
+        .clone();
+    let down = family
+        .get_or_create(&DirectionLabel { direction: "down" })
+        .clone();
+    ByteCounters { up, down }
+}
+
+/// Renders a registry as Prometheus text.
+fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    if encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub(crate) struct ServerMetrics {
+    registry: Registry,
+    pub(crate) agent_connections: Gauge,
+    pub(crate) handshake_failures: Counter,
+    pub(crate) connections_refused: Counter,
+    streams_open: Family<KindLabel, Gauge>,
+    streams: Family<KindLabel, Counter>,
+    errors: Family<ClassLabel, Counter>,
+    pub(crate) bytes: ByteCounters,
+    pub(crate) cert_expiry_seconds: Gauge,
+}
+
+impl ServerMetrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("fluidity_server");
+        let agent_connections = Gauge::default();
+        registry.register(
+            "agent_connections",
+            "Agent connections currently open",
+            agent_connections.clone(),
+        );
+        let handshake_failures = Counter::default();
+        registry.register(
+            "handshake_failures",
+            "TLS handshakes that failed or were refused",
+            handshake_failures.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because max_connections was reached",
+            connections_refused.clone(),
+        );
+        let streams_open = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "streams_open",
+            "Streams currently open",
+            streams_open.clone(),
+        );
+        let streams = Family::<KindLabel, Counter>::default();
+        registry.register("streams", "Streams opened", streams.clone());
+        let errors = Family::<ClassLabel, Counter>::default();
+        registry.register("errors", "Streams that failed, by class", errors.clone());
+        let bytes_family = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "bytes",
+            "Payload bytes relayed (up: agent to target, down: target to agent)",
+            bytes_family.clone(),
+        );
+        let cert_expiry_seconds = Gauge::default();
+        registry.register(
+            "cert_expiry_seconds",
+            "Seconds until the server certificate expires",
+            cert_expiry_seconds.clone(),
+        );
+        Self {
+            registry,
+            agent_connections,
+            handshake_failures,
+            connections_refused,
+            streams_open,
+            streams,
+            errors,
+            bytes: byte_counters(&bytes_family),
+            cert_expiry_seconds,
+        }
+    }
+
+    /// Counts a new stream and returns a guard that keeps it in `streams_open` until dropped.
+    pub(crate) fn stream_opened(&self, kind: StreamKind) -> OpenGuard {
+        let label = KindLabel {
+            kind: kind.as_str(),
+        };
+        self.streams.get_or_create(&label).inc();
+        let gauge = self.streams_open.get_or_create(&label).clone();
+        gauge.inc();
+        OpenGuard(gauge)
+    }
+
+    pub(crate) fn error(&self, class: &'static str) {
+        self.errors.get_or_create(&ClassLabel { class }).inc();
+    }
+
+    pub(crate) fn render(&self) -> String {
+        render(&self.registry)
+    }
+}
+
+/// Decrements an "open" gauge when dropped.
+#[derive(Debug)]
+pub(crate) struct OpenGuard(Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The agent's metrics.
+#[derive(Debug)]
+pub(crate) struct AgentMetrics {
+    registry: Registry,
+    pub(crate) tunnel_up: Gauge,
+    pub(crate) tunnel_connects: Counter,
+    pub(crate) tunnel_failures: Counter,
+    pub(crate) caller_connections: Gauge,
+    requests: Family<RequestLabel, Counter>,
+    streams_open: Family<KindLabel, Gauge>,
+    pub(crate) bytes: ByteCounters,
+    pub(crate) cert_expiry_seconds: Gauge,
+}
+
+impl AgentMetrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("fluidity_agent");
+        let tunnel_up = Gauge::default();
+        registry.register(
+            "tunnel_up",
+            "1 while the tunnel to the server is up",
+            tunnel_up.clone(),
+        );
+        let tunnel_connects = Counter::default();
+        registry.register(
+            "tunnel_connects",
+            "Tunnels established",
+            tunnel_connects.clone(),
+        );
+        let tunnel_failures = Counter::default();
+        registry.register(
+            "tunnel_failures",
+            "Failed attempts to establish the tunnel",
+            tunnel_failures.clone(),
+        );
+        let caller_connections = Gauge::default();
+        registry.register(
+            "caller_connections",
+            "Caller connections currently open",
+            caller_connections.clone(),
+        );
+        let requests = Family::<RequestLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Caller requests by kind and outcome",
+            requests.clone(),
+        );
+        let streams_open = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "streams_open",
+            "CONNECT and WebSocket streams currently relaying",
+            streams_open.clone(),
+        );
+        let bytes_family = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "bytes",
+            "Payload bytes relayed (up: caller to tunnel, down: tunnel to caller)",
+            bytes_family.clone(),
+        );
+        let cert_expiry_seconds = Gauge::default();
+        registry.register(
+            "cert_expiry_seconds",
+            "Seconds until the agent certificate expires",
+            cert_expiry_seconds.clone(),
+        );
+        Self {
+            registry,
+            tunnel_up,
+            tunnel_connects,
+            tunnel_failures,
+            caller_connections,
+            requests,
+            streams_open,
+            bytes: byte_counters(&bytes_family),
+            cert_expiry_seconds,
+        }
+    }
+
+    /// Counts a finished request; `outcome` is a bounded word such as `ok`, `refused`, `tunnel_down`.
+    pub(crate) fn request(&self, kind: StreamKind, outcome: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabel {
+                kind: kind.as_str(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub(crate) fn stream_opened(&self, kind: StreamKind) -> OpenGuard {
+        let gauge = self
+            .streams_open
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .clone();
+        gauge.inc();
+        OpenGuard(gauge)
+    }
+
+    pub(crate) fn render(&self) -> String {
+        render(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_metrics_render_with_role_prefix_and_labels() {
+        let metrics = ServerMetrics::new();
+        let guard = metrics.stream_opened(StreamKind::Connect);
+        metrics.error("refused");
+        metrics.bytes.up.inc_by(10);
+        let text = metrics.render();
+        assert!(
+            text.contains("fluidity_server_streams_total{kind=\"connect\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fluidity_server_streams_open{kind=\"connect\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fluidity_server_errors_total{class=\"refused\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fluidity_server_bytes_total{direction=\"up\"} 10"),
+            "{text}"
+        );
+        drop(guard);
+        assert!(
+            metrics
+                .render()
+                .contains("fluidity_server_streams_open{kind=\"connect\"} 0")
+        );
+    }
+
+    #[test]
+    fn agent_metrics_count_requests_by_outcome() {
+        let metrics = AgentMetrics::new();
+        metrics.request(StreamKind::Http, "ok");
+        metrics.request(StreamKind::Http, "ok");
+        metrics.tunnel_up.set(1);
+        let text = metrics.render();
+        assert!(
+            text.contains("fluidity_agent_requests_total{kind=\"http\",outcome=\"ok\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("fluidity_agent_tunnel_up 1"), "{text}");
+    }
+}

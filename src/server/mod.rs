@@ -1,0 +1,289 @@
+//! The exit server: accepts agents over TLS 1.3 with client certificates, serves each tunnel as an HTTP/2
+//! connection, and relays every stream to its target (see `tunnel` for the mapping).
+//!
+//! Shape: [`Server::bind`] opens the sockets and loads the TLS material, [`Server::run`] serves until the token is
+//! cancelled and then drains. It does not know about the agent.
+
+mod dial;
+pub(crate) mod policy;
+mod service;
+
+use anyhow::Context as _;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::ServerConfig;
+use crate::metrics::ServerMetrics;
+use crate::shutdown::{Drain, GRACE_PERIOD};
+use crate::tls;
+use crate::tunnel::{Body, MAX_HEADER_BYTES, SERVER_PING_INTERVAL, SERVER_PING_TIMEOUT};
+use dial::{Dialer, TargetConnector};
+use policy::TargetPolicy;
+
+/// Idle pooled connections to targets are closed after this long.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle pooled connections kept per target.
+const POOL_MAX_IDLE_PER_HOST: usize = 32;
+/// Pause after a failed `accept()` (out of descriptors, say), so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// State shared by every connection and stream of one server.
+pub(crate) struct Shared {
+    config: ServerConfig,
+    acceptor: RwLock<TlsAcceptor>,
+    metrics: ServerMetrics,
+    dialer: Arc<Dialer>,
+    client: Client<TargetConnector, Body>,
+    limiter: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    drain: Drain,
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    listener: TcpListener,
+    health: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// Reloads the server's certificates, CA and CRL (SIGHUP). New handshakes use the new material; established tunnels
+/// stay up.
+#[derive(Clone)]
+pub struct ServerReload(Arc<Shared>);
+
+impl ServerReload {
+    /// # Errors
+    /// When the new material does not load; the old material then stays in use.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let config = &self.0.config;
+        let tls_config = load_tls(config)?;
+        let acceptor = TlsAcceptor::from(tls_config);
+        match self.0.acceptor.write() {
+            Ok(mut guard) => *guard = acceptor,
+            Err(poisoned) => *poisoned.into_inner() = acceptor,
+        }
+        update_expiry(config, &self.0.metrics);
+        info!("certificates reloaded");
+        Ok(())
+    }
+}
+
+fn load_tls(config: &ServerConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    Ok(tls::load_server_config(
+        &config.tls.cert_file,
+        &config.tls.key_file,
+        &config.tls.ca_cert_file,
+        config.crl_file.as_deref(),
+    )?)
+}
+
+fn update_expiry(config: &ServerConfig, metrics: &ServerMetrics) {
+    if let Ok(seconds) = tls::seconds_to_expiry(&config.tls.cert_file) {
+        metrics.cert_expiry_seconds.set(seconds);
+        if seconds < 30 * 24 * 3600 {
+            warn!(
+                days = seconds / 86_400,
+                "server certificate expires within 30 days"
+            );
+        }
+    }
+}
+
+impl Server {
+    /// Loads and checks the TLS material, then binds the tunnel port and the health port.
+    ///
+    /// # Errors
+    /// Unusable certificates or keys (the message names the file), a bad destination rule, or a port that cannot
+    /// be bound.
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let tls_config = load_tls(&config)?;
+        let policy = TargetPolicy::new(
+            config.allow_private_targets,
+            &config.deny_targets,
+            &config.allow_targets,
+        )
+        .map_err(anyhow::Error::msg)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let health = TcpListener::bind(config.health_addr)
+            .await
+            .with_context(|| format!("cannot listen on health_addr {}", config.health_addr))?;
+        let dialer = Arc::new(Dialer::new(policy, config.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .build(TargetConnector::new(dialer.clone()));
+        let limiter = NonZeroU32::new(config.rate_limit_per_agent).map(|rate| {
+            let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        let metrics = ServerMetrics::new();
+        update_expiry(&config, &metrics);
+        Ok(Self {
+            listener,
+            health,
+            shared: Arc::new(Shared {
+                acceptor: RwLock::new(TlsAcceptor::from(tls_config)),
+                metrics,
+                dialer,
+                client,
+                limiter,
+                drain: Drain::default(),
+                config,
+            }),
+        })
+    }
+
+    /// The address agents connect to.
+    ///
+    /// # Panics
+    /// Never: a bound listener has an address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has a local address")
+    }
+
+    /// The address of `/healthz` and `/metrics`.
+    ///
+    /// # Panics
+    /// Never: a bound listener has an address.
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health
+            .local_addr()
+            .expect("a bound listener has a local address")
+    }
+
+    /// A handle that reloads the TLS material.
+    pub fn reloader(&self) -> ServerReload {
+        ServerReload(self.shared.clone())
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets streams finish for the grace period, and
+    /// returns.
+    ///
+    /// # Errors
+    /// None at present; the signature leaves room for fatal listener errors.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let drain = shared.drain.clone();
+        let admin_shared = shared.clone();
+        let health_addr = self.health.local_addr()?;
+        drain.tasks.spawn(crate::admin::serve(
+            self.health,
+            move |req| service::admin(&admin_shared, req),
+            drain.clone(),
+        ));
+        let local = self.listener.local_addr()?;
+        info!(addr = %local, health = %health_addr, "server listening");
+        let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
+        let mut next_id: u64 = 0;
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        warn!(error = %err, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                shared.metrics.connections_refused.inc();
+                warn!(%peer, "max_connections reached, connection refused");
+                continue;
+            };
+            next_id += 1;
+            let span = info_span!("agent", %peer, conn = next_id);
+            let shared = shared.clone();
+            drain.tasks.spawn(
+                async move {
+                    serve_agent(&shared, tcp, peer).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        drop(self.listener);
+        info!("shutdown started");
+        drain.run(GRACE_PERIOD).await;
+        info!("shutdown finished");
+        Ok(())
+    }
+}
+
+/// One agent connection: TLS handshake (bounded in time), then HTTP/2 until the agent leaves or shutdown.
+async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let acceptor = match shared.acceptor.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let handshake = tokio::time::timeout(shared.config.tls_handshake_timeout, acceptor.accept(tcp));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            shared.metrics.handshake_failures.inc();
+            warn!(%peer, reason = %err, "agent refused: handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.handshake_failures.inc();
+            warn!(%peer, reason = "handshake timed out", "agent refused: handshake failed");
+            return;
+        }
+    };
+    let agent: Arc<str> = tls::peer_common_name(stream.get_ref().1)
+        .unwrap_or_else(|| "unknown".to_string())
+        .into();
+    info!(%peer, cn = %agent, "agent connected");
+    shared.metrics.agent_connections.inc();
+
+    let stream_shared = shared.clone();
+    let stream_agent = agent.clone();
+    let service = service_fn(move |req| {
+        service::handle_stream(stream_shared.clone(), stream_agent.clone(), req)
+    });
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .adaptive_window(true)
+        .max_concurrent_streams(shared.config.max_streams_per_agent)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(SERVER_PING_INTERVAL)
+        .keep_alive_timeout(SERVER_PING_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let drain = &shared.drain;
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = drain.graceful.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = drain.kill.cancelled() => Ok(()),
+            }
+        }
+    };
+    shared.metrics.agent_connections.dec();
+    match result {
+        Ok(()) => info!(%peer, cn = %agent, "agent disconnected"),
+        Err(err) => {
+            debug!(error = %err, "agent connection error");
+            info!(%peer, cn = %agent, reason = %err, "agent disconnected");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! One stream on an agent's tunnel: the probe, a CONNECT to a target, or a plain request forwarded with the
+//! pooled client. Errors become responses through `error::error_response`.
+
+use governor::clock::{Clock, DefaultClock};
+use http::uri::Scheme;
+use http::{Method, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tracing::{Instrument, debug, debug_span, field};
+
+use super::Shared;
+use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
+use crate::error::{ForwardError, classify_target_error, error_response};
+use crate::metrics::StreamKind;
+use crate::tunnel::authority::parse_target;
+use crate::tunnel::body::Counted;
+use crate::tunnel::headers::strip_hop_headers;
+use crate::tunnel::splice::{Moved, splice};
+use crate::tunnel::{Body, PROBE_AUTHORITY, STREAM_KIND_HEADER, empty, text_response};
+
+/// Answers `/healthz` and `/metrics` on `health_addr`.
+pub(super) fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    match admin_path(req) {
+        Some(AdminPath::Health) => health_response(true, r#"{"status":"ok"}"#.to_string()),
+        Some(AdminPath::Metrics) => metrics_response(shared.metrics.render()),
+        None => text_response(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Serves one stream of an agent's tunnel.
+pub(super) async fn handle_stream(
+    shared: Arc<Shared>,
+    agent: Arc<str>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str() == PROBE_AUTHORITY)
+    {
+        let mut response = Response::new(empty());
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        return Ok(response);
+    }
+    let span = debug_span!("stream", method = %req.method(), target = field::Empty);
+    let result = async {
+        check_rate(&shared, &agent)?;
+        if req.method() == Method::CONNECT {
+            connect(&shared, req).await
+        } else {
+            forward(&shared, req).await
+        }
+    }
+    .instrument(span)
+    .await;
+    Ok(result.unwrap_or_else(|err| {
+        shared.metrics.error(err.class());
+        debug!(error = %err, class = err.class(), "stream failed");
+        error_response(&err)
+    }))
+}
+
+fn check_rate(shared: &Shared, agent: &Arc<str>) -> Result<(), ForwardError> {
+    let Some(limiter) = &shared.limiter else {
+        return Ok(());
+    };
+    limiter.check_key(agent).map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        ForwardError::RateLimited {
+            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+        }
+    })
+}
+
+/// CONNECT: dial the target, answer 200, then splice the stream and the socket in a task of its own.
+async fn connect(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ForwardError> {
+    let authority = req
+        .uri()
+        .authority()
+        .ok_or(ForwardError::BadRequest("CONNECT needs host:port"))?;
+    let target =
+        parse_target(authority.as_str(), None).map_err(|e| ForwardError::BadRequest(e.reason()))?;
+    tracing::Span::current().record("target", field::display(&target));
+    let kind = match req.headers().get(STREAM_KIND_HEADER) {
+        Some(value) if value == "websocket" => StreamKind::Websocket,
+        _ => StreamKind::Connect,
+    };
+    let socket = shared
+        .dialer
+        .dial(&target)
+        .await
+        .map_err(|err| classify_target_error(&*err))?;
+    let guard = shared.metrics.stream_opened(kind);
+    let idle = shared.config.idle_timeout;
+    let task_shared = shared.clone();
+    shared.drain.tasks.spawn(
+        async move {
+            let upgraded = match hyper::upgrade::on(req).await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    debug!(error = %err, "CONNECT stream not upgraded");
+                    return;
+                }
+            };
+            let moved = Moved::default();
+            let result = tokio::select! {
+                result = splice(TokioIo::new(upgraded), socket, idle, &moved) => result,
+                () = task_shared.drain.kill.cancelled() => Ok(()),
+            };
+            let bytes = &task_shared.metrics.bytes;
+            bytes
+                .up
+                .inc_by(moved.a_to_b.load(std::sync::atomic::Ordering::Relaxed));
+            bytes
+                .down
+                .inc_by(moved.b_to_a.load(std::sync::atomic::Ordering::Relaxed));
+            match result {
+                Ok(()) => debug!("stream closed"),
+                Err(err) => debug!(error = %err, "stream ended"),
+            }
+            drop(guard);
+        }
+        .in_current_span(),
+    );
+    Ok(Response::new(empty()))
+}
+
+/// A plain request: forwarded to the target over HTTP/1.1 by the pooled client; the response, redirects included,
+/// goes back as it came.
+async fn forward(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ForwardError> {
+    let (mut parts, body) = req.into_parts();
+    if parts.uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(ForwardError::BadRequest(
+            "only http:// URLs can be forwarded; use CONNECT for https",
+        ));
+    }
+    let authority = parts
+        .uri
+        .authority()
+        .ok_or(ForwardError::BadRequest("URL has no host"))?;
+    let target = parse_target(authority.as_str(), Some(80))
+        .map_err(|e| ForwardError::BadRequest(e.reason()))?;
+    tracing::Span::current().record("target", field::display(&target));
+    strip_hop_headers(&mut parts.headers);
+    // The client derives Host from the URL (RFC 9112 §3.2.2: the absolute-form authority wins).
+    parts.headers.remove(header::HOST);
+    parts.version = Version::HTTP_11;
+    let guard = shared.metrics.stream_opened(StreamKind::Http);
+    let body = Counted::new(body, shared.metrics.bytes.up.clone(), None).boxed();
+    let pending = shared.client.request(Request::from_parts(parts, body));
+    let response = match shared.config.idle_timeout {
+        Some(limit) => tokio::time::timeout(limit, pending)
+            .await
+            .map_err(|_| ForwardError::ResponseTimeout(limit))?,
+        None => pending.await,
+    }
+    .map_err(|err| classify_target_error(&err))?;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_headers(&mut parts.headers);
+    let body = Counted::new(body, shared.metrics.bytes.down.clone(), Some(guard)).boxed();
+    Ok(Response::from_parts(parts, body))
+}

@@ -1,0 +1,107 @@
+//! Hop-by-hop header removal (RFC 9110 §7.6.1) and the proxy's own headers.
+//!
+//! Applied to plain requests and responses crossing the tunnel. Not applied on the WebSocket path, whose
+//! `Connection: Upgrade` must reach the target.
+
+use http::HeaderMap;
+use http::header::{self, HeaderName};
+
+/// Headers that describe one hop and never travel further (RFC 9110 §7.6.1, plus the non-standard
+/// `Proxy-Connection` and `Keep-Alive` that HTTP/1.0-era clients still send).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// Removes hop-by-hop headers, every header that `Connection` names, and every `Proxy-*` header
+/// (`Proxy-Authorization` holds the caller's credential for the agent and must never be forwarded).
+pub(crate) fn strip_hop_headers(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    strip_proxy_headers(headers);
+}
+
+/// Removes every `Proxy-*` header.
+pub(crate) fn strip_proxy_headers(headers: &mut HeaderMap) {
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// True when the request asks to switch protocols (`Connection: upgrade` plus an `Upgrade` header).
+pub(crate) fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_proxy_headers() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-drop-me"),
+            ("keep-alive", "timeout=5"),
+            ("x-drop-me", "1"),
+            ("proxy-authorization", "Basic c2VjcmV0"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("trailer", "x-sum"),
+            ("accept", "text/html"),
+            ("x-multi", "a"),
+            ("x-multi", "b"),
+        ]);
+        strip_hop_headers(&mut map);
+        let mut left: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-multi"]);
+        assert_eq!(map.get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn detects_upgrade_requests() {
+        assert!(wants_upgrade(&headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ])));
+        assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
+        assert!(!wants_upgrade(&headers(&[("connection", "upgrade")])));
+    }
+}

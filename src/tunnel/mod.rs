@@ -1,0 +1,74 @@
+//! What the agent and the server agree on: how a caller's request becomes a stream on the tunnel.
+//!
+//! The tunnel is one TLS 1.3 connection speaking HTTP/2 (RFC 9113). Each caller request becomes one stream:
+//!
+//! | caller sends the agent (HTTP/1.1)             | stream on the tunnel (HTTP/2)                                  |
+//! |-----------------------------------------------|----------------------------------------------------------------|
+//! | absolute-form `GET http://host:port/path`     | a request with `:scheme http`, `:authority host:port`, `:path` |
+//! | `CONNECT host:port`                           | a `CONNECT` stream to `host:port` (RFC 9113 §8.5)              |
+//! | `GET http://host/path` + `Upgrade: websocket` | a `CONNECT` stream to `host:port` that then carries the HTTP/1.1 upgrade request in origin form, the `101`, and the frames (RFC 6455) |
+//!
+//! Header rules (RFC 9110 §7.6.1): hop-by-hop headers (`Connection` and every header it names, `Keep-Alive`,
+//! `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) and every `Proxy-*` header are removed in both
+//! directions on plain requests, and `Host` is dropped in favour of `:authority` (RFC 9112 §3.2.2: a proxy uses the
+//! absolute-form authority). The WebSocket path keeps `Connection`/`Upgrade`: they travel inside the CONNECT stream as
+//! HTTP/1.1, where they are legal, so hop-by-hop removal never breaks the upgrade.
+//!
+//! The agent proves the tunnel works with a request to [`PROBE_AUTHORITY`], which the server answers itself with
+//! `204` (TLS 1.3 refuses a client certificate only after the handshake, so a finished handshake proves nothing).
+//!
+//! This module does no I/O of its own beyond [`splice`]; dialing targets is the server's, listening the agent's.
+
+pub(crate) mod authority;
+pub(crate) mod body;
+pub(crate) mod headers;
+pub(crate) mod splice;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use std::time::Duration;
+
+/// The body type of every request and response Fluidity builds or relays.
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+
+/// `:authority` of the liveness probe. `.invalid` is reserved (RFC 2606) and port 0 is never a target.
+pub(crate) const PROBE_AUTHORITY: &str = "fluidity.invalid:0";
+
+/// Request header the agent sets on a CONNECT stream that carries a WebSocket upgrade (for metrics only).
+pub(crate) const STREAM_KIND_HEADER: &str = "fluidity-stream";
+
+/// Bytes per direction a spliced stream copies at once: large enough that bulk transfers are not bound by syscalls.
+pub(crate) const COPY_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Largest request or response head either role accepts; beyond it the agent answers 431.
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// HTTP/2 keep-alive: how often the agent pings an otherwise quiet tunnel, and how long it waits for the answer.
+pub(crate) const AGENT_PING_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const AGENT_PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server pings less often: it only needs to free state of agents that vanished.
+pub(crate) const SERVER_PING_INTERVAL: Duration = Duration::from_secs(20);
+pub(crate) const SERVER_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A plain-text response with a short reason, as used for every error Fluidity produces itself.
+pub(crate) fn text_response(status: StatusCode, text: impl Into<String>) -> Response<Body> {
+    let mut text = text.into();
+    text.push('\n');
+    let mut response = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
