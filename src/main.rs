@@ -78,8 +78,8 @@ where
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // Logs go to stderr: this is the one line the user sees.
             error!("{err:#}");
-            eprintln!("fluidity: {err:#}");
             ExitCode::from(1)
         }
     }

@@ -427,7 +427,12 @@ pub fn load_agent(
 ) -> Result<AgentConfig, ConfigError> {
     let file = load_file_layer(config_file)?;
     let env = env_layer::<AgentLayer>(env)?;
-    let merged = merge_agent(cli, &env, &file, &AgentLayer::defaults());
+    let merged = merge_agent(
+        cli,
+        &env,
+        &file,
+        &beside_file(AgentLayer::defaults(), config_file),
+    );
     resolve::resolve_agent(merged, &Origins::new(cli, &env, &file, config_file))
 }
 
@@ -445,8 +450,22 @@ pub fn load_server(
 ) -> Result<ServerConfig, ConfigError> {
     let file = load_file_layer(config_file)?;
     let env = env_layer::<ServerLayer>(env)?;
-    let merged = merge_server(cli, &env, &file, &ServerLayer::defaults());
+    let merged = merge_server(
+        cli,
+        &env,
+        &file,
+        &beside_file(ServerLayer::defaults(), config_file),
+    );
     resolve::resolve_server(merged, &Origins::new(cli, &env, &file, config_file))
+}
+
+/// The defaults layer; with a config file, its default certificate paths sit next to that file (like every
+/// relative path the file names), so `certs/` beside agent.yaml is found from any working directory.
+fn beside_file<L: Layer>(mut defaults: L, config_file: Option<&Path>) -> L {
+    if let Some(folder) = config_file.and_then(Path::parent) {
+        defaults.resolve_paths(folder);
+    }
+    defaults
 }
 
 /// The file layer, or an empty one without a file.

@@ -302,10 +302,16 @@ pub(crate) fn save_layer<L: Layer>(file: &Path, layer: &L) -> Result<(), ConfigE
         }
     }
     let text = yaml_serde::to_string(&document).map_err(write_error)?;
-    std::fs::write(file, text).map_err(|error| ConfigError::Write {
-        file: file.to_owned(),
-        error,
-    })
+    // Written beside the file and renamed over it, so a crash never leaves half a config.
+    let mut temporary = file.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = std::path::PathBuf::from(temporary);
+    std::fs::write(&temporary, text)
+        .and_then(|()| std::fs::rename(&temporary, file))
+        .map_err(|error| ConfigError::Write {
+            file: file.to_owned(),
+            error,
+        })
 }
 
 #[cfg(test)]

@@ -1,0 +1,780 @@
+//! Black-box tests of the built `fluidity` binary: `certs` files, exit codes and messages, configuration precedence,
+//! `--save`, signals, and a real server and agent carrying a request.
+//!
+//! Every child runs with a cleared environment in a fresh temp dir, is killed when its guard drops, and every wait
+//! polls a condition against a deadline.
+
+use std::fs;
+use std::io::{self, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fluidity");
+/// How often a condition is re-checked.
+const POLL: Duration = Duration::from_millis(20);
+/// How long a one-shot command (`certs ...`, a config error) may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a role may take to start listening, connect its tunnel or print a line.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a role may take to exit after a signal (the drain grace period is 10 s).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connect, read and write limit of the test's own sockets.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+const CERT_FILES: [&str; 3] = ["ca.crt", "server.crt", "client.crt"];
+const KEY_FILES: [&str; 3] = ["ca.key", "server.key", "client.key"];
+
+// ---------------------------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A `fluidity` command with a cleared environment (PATH and HOME only), run in `dir`.
+fn fluidity(dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .current_dir(dir);
+    cmd
+}
+
+/// A spawned child whose stdout and stderr are collected in the background; killed on drop.
+struct Proc {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// How a finished child ended and what it wrote.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+fn collect(mut pipe: impl io::Read + Send + 'static, into: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .expect("output lock")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fluidity");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().expect("piped stdout"), stdout.clone()),
+            collect(child.stderr.take().expect("piped stderr"), stderr.clone()),
+        ];
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().expect("output lock").clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("output lock").clone()
+    }
+
+    /// Panics with the child's stderr if it has already exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("poll the child") {
+            // Let the readers drain what the child wrote before it went.
+            for reader in self.readers.drain(..) {
+                let _ = reader.join();
+            }
+            panic!(
+                "fluidity exited early with {status}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+        }
+    }
+
+    /// Polls `check` until it returns `Some`, failing if the child exits or `timeout` passes.
+    fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check(self) {
+                return value;
+            }
+            self.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\nstdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until `GET path` on `addr` answers `status`.
+    fn wait_for_status(&mut self, addr: SocketAddr, path: &str, status: u16) {
+        self.wait_for(
+            &format!("GET http://{addr}{path} to answer {status}"),
+            READY_TIMEOUT,
+            |_| matches!(get(addr, path), Ok((s, _)) if s == status).then_some(()),
+        );
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// Waits for the child to exit, killing it and failing after `timeout`.
+    fn wait_exit(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("poll the child") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "fluidity did not exit within {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(POLL);
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Finished {
+            status,
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command that is expected to finish on its own.
+fn run(cmd: &mut Command) -> Finished {
+    Proc::spawn(cmd).wait_exit(COMMAND_TIMEOUT)
+}
+
+/// A loopback port that was free a moment ago (the binary needs a number; a small race is accepted).
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .expect("bind a free port")
+        .local_addr()
+        .expect("bound address")
+        .port()
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Sends `request` (which should ask for `Connection: close`) and returns the status code and everything after the
+/// head.
+fn http(addr: SocketAddr, request: &str) -> io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.write_all(request.as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other(format!("no complete response head: {text:?}")))?;
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line: {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// `GET path` in origin form, as to the agent's or server's own endpoints.
+fn get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+fn refuses_connections(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, IO_TIMEOUT).is_err()
+}
+
+/// `fluidity certs init --out dir/certs`; returns that folder.
+fn certs_init(dir: &Path) -> PathBuf {
+    let out = dir.join("certs");
+    let done = run(fluidity(dir).args(["certs", "init", "--out"]).arg(&out));
+    assert!(done.status.success(), "certs init failed: {}", done.stderr);
+    out
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path)
+        .expect("file metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn assert_pem(path: &Path, label: &str) {
+    let text = fs::read_to_string(path).expect("read PEM file");
+    assert!(
+        text.starts_with(&format!("-----BEGIN {label}-----")) && text.contains("-----END "),
+        "{} is not PEM {label}: {text}",
+        path.display()
+    );
+}
+
+fn assert_private_key(path: &Path) {
+    let text = fs::read_to_string(path).expect("read key file");
+    assert!(
+        text.starts_with("-----BEGIN ") && text.contains("PRIVATE KEY-----"),
+        "{} is not a PEM private key",
+        path.display()
+    );
+    assert_eq!(mode(path), 0o600, "mode of {}", path.display());
+}
+
+/// `openssl args...` stdout, or `None` when openssl is not installed.
+fn openssl(args: &[&str]) -> Option<String> {
+    let output = Command::new("openssl").args(args).output().ok()?;
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 temp path")
+}
+
+fn write_file(path: &Path, text: &str) {
+    fs::write(path, text).expect("write file");
+}
+
+fn assert_exit_code(done: &Finished, code: i32) {
+    assert_eq!(
+        done.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        done.stdout,
+        done.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// certs
+// ---------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn certs_init_writes_pem_certificates_and_private_keys_with_mode_0600() {
+    let tmp = TempDir::new().unwrap();
+    let out = certs_init(tmp.path());
+    for name in CERT_FILES {
+        assert_pem(&out.join(name), "CERTIFICATE");
+    }
+    for name in KEY_FILES {
+        assert_private_key(&out.join(name));
+    }
+    if let Some(text) = openssl(&[
+        "x509",
+        "-noout",
+        "-text",
+        "-in",
+        path_str(&out.join("server.crt")),
+    ]) {
+        assert!(text.contains("DNS:localhost"), "{text}");
+        assert!(text.contains("IP Address:127.0.0.1"), "{text}");
+    }
+}
+
+#[test]
+fn certs_init_refuses_to_overwrite_without_force_and_overwrites_with_it() {
+    let tmp = TempDir::new().unwrap();
+    let out = certs_init(tmp.path());
+    let read_all = || -> Vec<Vec<u8>> {
+        CERT_FILES
+            .iter()
+            .chain(&KEY_FILES)
+            .map(|name| fs::read(out.join(name)).unwrap())
+            .collect()
+    };
+    let before = read_all();
+
+    let again = run(fluidity(tmp.path())
+        .args(["certs", "init", "--out"])
+        .arg(&out));
+    assert!(
+        !again.status.success(),
+        "second init succeeded: {}",
+        again.stdout
+    );
+    assert!(
+        CERT_FILES
+            .iter()
+            .chain(&KEY_FILES)
+            .any(|name| again.stderr.contains(path_str(&out.join(name)))),
+        "the message names no existing file: {}",
+        again.stderr
+    );
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    assert_eq!(read_all(), before, "a refused init changed the files");
+
+    let forced = run(fluidity(tmp.path())
+        .args(["certs", "init", "--force", "--out"])
+        .arg(&out));
+    assert!(
+        forced.status.success(),
+        "init --force failed: {}",
+        forced.stderr
+    );
+    let after = read_all();
+    assert!(
+        after.iter().zip(&before).all(|(new, old)| new != old),
+        "init --force did not replace every file"
+    );
+    for name in KEY_FILES {
+        assert_private_key(&out.join(name));
+    }
+}
+
+#[test]
+fn certs_init_server_san_values_are_in_the_server_certificate() {
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("pki");
+    let done = run(fluidity(tmp.path())
+        .args(["certs", "init", "--server-san", "tunnel.example.net"])
+        .args(["--server-san", "192.0.2.10", "--out"])
+        .arg(&out));
+    assert!(done.status.success(), "certs init failed: {}", done.stderr);
+    assert_pem(&out.join("server.crt"), "CERTIFICATE");
+    if let Some(text) = openssl(&[
+        "x509",
+        "-noout",
+        "-text",
+        "-in",
+        path_str(&out.join("server.crt")),
+    ]) {
+        assert!(text.contains("DNS:tunnel.example.net"), "{text}");
+        assert!(text.contains("IP Address:192.0.2.10"), "{text}");
+        assert!(!text.contains("DNS:localhost"), "defaults kept: {text}");
+    }
+}
+
+#[test]
+fn certs_issue_writes_a_client_pair_and_revoke_writes_the_crl() {
+    let tmp = TempDir::new().unwrap();
+    let ca_dir = certs_init(tmp.path());
+    let out = tmp.path().join("issued");
+    let issued = run(fluidity(tmp.path())
+        .args(["certs", "issue", "--client", "bob", "--ca-dir"])
+        .arg(&ca_dir)
+        .arg("--out")
+        .arg(&out));
+    assert!(
+        issued.status.success(),
+        "certs issue failed: {}",
+        issued.stderr
+    );
+    let bob = out.join("bob.crt");
+    assert_pem(&bob, "CERTIFICATE");
+    assert_private_key(&out.join("bob.key"));
+    if let Some(text) = openssl(&[
+        "verify",
+        "-CAfile",
+        path_str(&ca_dir.join("ca.crt")),
+        path_str(&bob),
+    ]) {
+        assert!(text.contains(": OK"), "{text}");
+    }
+
+    let crl = ca_dir.join("crl.pem");
+    assert!(!crl.exists());
+    let revoked = run(fluidity(tmp.path())
+        .args(["certs", "revoke", "--ca-dir"])
+        .arg(&ca_dir)
+        .arg("--cert")
+        .arg(&bob));
+    assert!(
+        revoked.status.success(),
+        "certs revoke failed: {}",
+        revoked.stderr
+    );
+    assert_pem(&crl, "X509 CRL");
+    if let Some(serial) = openssl(&["x509", "-noout", "-serial", "-in", path_str(&bob)]) {
+        let serial = serial.trim().trim_start_matches("serial=");
+        let text = openssl(&["crl", "-noout", "-text", "-in", path_str(&crl)]).unwrap();
+        assert!(
+            text.contains(&format!("Serial Number: {serial}")),
+            "{serial} not in {text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Exit codes and messages
+// ---------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_subcommand_exits_2() {
+    let tmp = TempDir::new().unwrap();
+    let done = run(fluidity(tmp.path()).arg("tunnelize"));
+    assert_exit_code(&done, 2);
+    assert!(done.stderr.contains("tunnelize"), "{}", done.stderr);
+}
+
+#[test]
+fn unknown_flag_exits_2() {
+    let tmp = TempDir::new().unwrap();
+    let done = run(fluidity(tmp.path()).args(["agent", "--server-ipp", "127.0.0.1"]));
+    assert_exit_code(&done, 2);
+    assert!(done.stderr.contains("--server-ipp"), "{}", done.stderr);
+}
+
+#[test]
+fn agent_without_server_ip_exits_2_with_one_line_naming_server_ip() {
+    let tmp = TempDir::new().unwrap();
+    let done = run(fluidity(tmp.path()).arg("agent"));
+    assert_exit_code(&done, 2);
+    let message = done.stderr.trim_end();
+    assert!(!message.contains('\n'), "more than one line: {message}");
+    assert!(message.contains("server_ip"), "{message}");
+}
+
+#[test]
+fn unknown_yaml_key_exits_2_naming_key_file_and_nearest_key() {
+    let tmp = TempDir::new().unwrap();
+    let config = tmp.path().join("agent.yaml");
+    write_file(&config, "server_ip: 127.0.0.1\nserver_prot: 9443\n");
+    let done = run(fluidity(tmp.path())
+        .args(["agent", "--config"])
+        .arg(&config));
+    assert_exit_code(&done, 2);
+    assert!(done.stderr.contains("server_prot"), "{}", done.stderr);
+    assert!(done.stderr.contains(path_str(&config)), "{}", done.stderr);
+    assert!(done.stderr.contains("server_port"), "{}", done.stderr);
+}
+
+#[test]
+fn wrong_yaml_type_exits_2_naming_the_key() {
+    let tmp = TempDir::new().unwrap();
+    let config = tmp.path().join("agent.yaml");
+    write_file(&config, "server_ip: 127.0.0.1\nserver_port: abc\n");
+    let done = run(fluidity(tmp.path())
+        .args(["agent", "--config"])
+        .arg(&config));
+    assert_exit_code(&done, 2);
+    assert!(done.stderr.contains("server_port"), "{}", done.stderr);
+    assert!(done.stderr.contains(path_str(&config)), "{}", done.stderr);
+}
+
+#[test]
+fn missing_cert_file_fails_naming_the_path() {
+    let tmp = TempDir::new().unwrap();
+    let certs = certs_init(tmp.path());
+    let missing = tmp.path().join("nowhere").join("client.crt");
+    let done = run(fluidity(tmp.path())
+        .args([
+            "agent",
+            "--server-ip",
+            "127.0.0.1",
+            "--local-proxy-port",
+            "0",
+        ])
+        .arg("--cert-file")
+        .arg(&missing)
+        .arg("--key-file")
+        .arg(certs.join("client.key"))
+        .arg("--ca-cert-file")
+        .arg(certs.join("ca.crt")));
+    assert!(
+        !done.status.success(),
+        "agent started without its certificate"
+    );
+    assert!(done.stderr.contains(path_str(&missing)), "{}", done.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Server and agent as processes
+// ---------------------------------------------------------------------------------------------------------------
+
+const ORIGIN_BODY: &str = "hello through the tunnel";
+
+/// A one-response-per-connection HTTP/1.1 origin; every request head it receives is sent on the channel.
+async fn spawn_origin() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind the origin");
+    let addr = listener.local_addr().expect("origin address");
+    let (heads, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = heads.send(String::from_utf8_lossy(&head).into_owned());
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{ORIGIN_BODY}",
+                    ORIGIN_BODY.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_agent_relay_a_request_and_exit_0_on_sigterm() {
+    let tmp = TempDir::new().unwrap();
+    let certs = certs_init(tmp.path());
+    let (origin, mut heads) = spawn_origin().await;
+
+    let tunnel_port = free_port();
+    let health = loopback(free_port());
+    let mut server = Proc::spawn(
+        fluidity(tmp.path())
+            .env("FLUIDITY_ALLOW_PRIVATE_TARGETS", "true")
+            .env("FLUIDITY_HEALTH_ADDR", health.to_string())
+            .args(["server", "--listen-addr", "127.0.0.1", "--listen-port"])
+            .arg(tunnel_port.to_string())
+            .arg("--cert-file")
+            .arg(certs.join("server.crt"))
+            .arg("--key-file")
+            .arg(certs.join("server.key"))
+            .arg("--ca-cert-file")
+            .arg(certs.join("ca.crt")),
+    );
+    server.wait_for_status(health, "/healthz", 200);
+
+    let proxy = loopback(free_port());
+    let mut agent = Proc::spawn(
+        fluidity(tmp.path())
+            .args([
+                "agent",
+                "--server-ip",
+                "127.0.0.1",
+                "--listen-addr",
+                "127.0.0.1",
+            ])
+            .arg("--server-port")
+            .arg(tunnel_port.to_string())
+            .arg("--local-proxy-port")
+            .arg(proxy.port().to_string())
+            .arg("--cert-file")
+            .arg(certs.join("client.crt"))
+            .arg("--key-file")
+            .arg(certs.join("client.key"))
+            .arg("--ca-cert-file")
+            .arg(certs.join("ca.crt")),
+    );
+    agent.wait_for_status(proxy, "/healthz", 200);
+
+    let (status, body) = http(
+        proxy,
+        &format!("GET http://{origin}/x HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(ORIGIN_BODY), "{body}");
+    let head = heads.try_recv().expect("the origin saw the request");
+    assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
+
+    server.wait_for(
+        "fluidity_server_agent_connections 1 in the server metrics",
+        READY_TIMEOUT,
+        |_| {
+            get(health, "/metrics")
+                .ok()
+                .filter(|(status, body)| {
+                    *status == 200
+                        && body
+                            .lines()
+                            .any(|line| line == "fluidity_server_agent_connections 1")
+                })
+                .map(drop)
+        },
+    );
+
+    agent.signal("TERM");
+    server.signal("TERM");
+    let agent_done = agent.wait_exit(EXIT_TIMEOUT);
+    let server_done = server.wait_exit(EXIT_TIMEOUT);
+    assert_exit_code(&agent_done, 0);
+    assert_exit_code(&server_done, 0);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Configuration through the binary
+// ---------------------------------------------------------------------------------------------------------------
+
+/// An agent.yaml next to `certs/` with relative certificate paths, pointing at a server port nobody listens on.
+fn write_agent_yaml(dir: &Path, local_proxy_port: u16) -> PathBuf {
+    let config = dir.join("agent.yaml");
+    write_file(
+        &config,
+        &format!(
+            "server_ip: 127.0.0.1\n\
+             server_port: {}\n\
+             local_proxy_port: {local_proxy_port}\n\
+             log_level: debug\n\
+             cert_file: certs/client.crt\n\
+             key_file: certs/client.key\n\
+             ca_cert_file: certs/ca.crt\n",
+            free_port()
+        ),
+    );
+    config
+}
+
+#[test]
+fn local_proxy_port_flag_beats_env_and_yaml() {
+    let tmp = TempDir::new().unwrap();
+    certs_init(tmp.path());
+    let (yaml_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    let config = write_agent_yaml(tmp.path(), yaml_port);
+    let mut agent = Proc::spawn(
+        fluidity(tmp.path())
+            .env("FLUIDITY_LOCAL_PROXY_PORT", env_port.to_string())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .arg("--local-proxy-port")
+            .arg(flag_port.to_string()),
+    );
+    // No server is up: the agent answers, and says the tunnel is down.
+    agent.wait_for_status(loopback(flag_port), "/healthz", 503);
+    assert!(refuses_connections(loopback(env_port)));
+    assert!(refuses_connections(loopback(yaml_port)));
+}
+
+#[test]
+fn local_proxy_port_env_beats_yaml() {
+    let tmp = TempDir::new().unwrap();
+    certs_init(tmp.path());
+    let (yaml_port, env_port) = (free_port(), free_port());
+    let config = write_agent_yaml(tmp.path(), yaml_port);
+    let mut agent = Proc::spawn(
+        fluidity(tmp.path())
+            .env("FLUIDITY_LOCAL_PROXY_PORT", env_port.to_string())
+            .args(["agent", "--config"])
+            .arg(&config),
+    );
+    agent.wait_for_status(loopback(env_port), "/healthz", 503);
+    assert!(refuses_connections(loopback(yaml_port)));
+}
+
+#[test]
+fn agent_save_writes_the_flag_into_the_yaml_keeping_other_keys_in_order() {
+    let tmp = TempDir::new().unwrap();
+    certs_init(tmp.path());
+    let proxy_port = free_port();
+    let config = tmp.path().join("agent.yaml");
+    let original = format!(
+        "server_ip: 127.0.0.1\n\
+         server_port: 1234\n\
+         local_proxy_port: {proxy_port}\n\
+         log_level: debug\n\
+         cert_file: certs/client.crt\n\
+         key_file: certs/client.key\n\
+         ca_cert_file: certs/ca.crt\n"
+    );
+    write_file(&config, &original);
+    let mut agent = Proc::spawn(
+        fluidity(tmp.path())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .args(["--server-port", "9999", "--save"]),
+    );
+    // The file is written before the proxy binds: once it listens, the save is complete.
+    agent.wait_for_status(loopback(proxy_port), "/healthz", 503);
+    let saved = fs::read_to_string(&config).unwrap();
+    assert_eq!(
+        saved,
+        original.replace("server_port: 1234", "server_port: 9999")
+    );
+}
+
+#[test]
+fn up_prints_the_proxy_address_writes_certs_serves_healthz_and_exits_0_on_sigint() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("state");
+    let port = free_port();
+    let mut up = Proc::spawn(
+        fluidity(tmp.path())
+            .args(["up", "--port", &port.to_string(), "--dir"])
+            .arg(&dir),
+    );
+    let proxy = format!("http://127.0.0.1:{port}");
+    up.wait_for("the instructions on stdout", READY_TIMEOUT, |up| {
+        up.stdout().contains(&proxy).then_some(())
+    });
+    for name in CERT_FILES {
+        assert_pem(&dir.join(name), "CERTIFICATE");
+    }
+    for name in KEY_FILES {
+        assert_private_key(&dir.join(name));
+    }
+    up.wait_for_status(loopback(port), "/healthz", 200);
+
+    up.signal("INT");
+    let done = up.wait_exit(EXIT_TIMEOUT);
+    assert_exit_code(&done, 0);
+}

@@ -1,0 +1,392 @@
+//! Plain HTTP through the agent: methods, statuses, headers, streamed bodies, keep-alive routing, concurrency and
+//! the agent's own endpoints.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+
+#[tokio::test]
+async fn every_method_reaches_the_origin_with_its_body() {
+    within(20, async {
+        let t = tunnel().await;
+        let origin = spawn_origin().await;
+        let mut client = proxy_client(t.agent.addr).await;
+        for method in [
+            "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "PROPFIND",
+        ] {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let url = format!("http://{}/echo?q=1", origin.addr);
+            let response = client
+                .send_request(
+                    Request::builder()
+                        .method(method.clone())
+                        .uri(&url)
+                        .body(full("payload"))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{method}");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            if method == Method::HEAD {
+                assert!(body.is_empty());
+                continue;
+            }
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            assert!(text.starts_with(&format!("{method} /echo?q=1\n")), "{text}");
+            assert!(text.contains(&format!("host: {}\n", origin.addr)), "{text}");
+        }
+        let response = client
+            .send_request(
+                Request::post(format!("http://{}/body", origin.addr))
+                    .body(full("round trip"))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "round trip"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn statuses_pass_through_and_redirects_are_not_followed() {
+    within(20, async {
+        let t = tunnel().await;
+        let origin = spawn_origin().await;
+        let mut client = proxy_client(t.agent.addr).await;
+        for code in [200u16, 201, 204, 301, 302, 304, 404, 418, 500, 503] {
+            let response = client
+                .send_request(
+                    Request::get(format!("http://{}/status/{code}", origin.addr))
+                        .body(empty_body())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), code);
+            if code == 301 || code == 302 {
+                assert_eq!(response.headers()["location"], "/moved");
+            }
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            if code != 204 && code != 304 {
+                assert_eq!(body, format!("status {code}"));
+            }
+        }
+        let (status, _) = get(t.agent.addr, &format!("http://{}/nowhere", origin.addr)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn headers_keep_multiple_values_and_lose_hop_by_hop_ones() {
+    within(20, async {
+        let t = tunnel().await;
+        let origin = spawn_origin().await;
+        let mut client = proxy_client(t.agent.addr).await;
+        let request = Request::get(format!("http://{}/echo", origin.addr))
+            .header("x-multi", "one")
+            .header("x-multi", "two")
+            .header("connection", "keep-alive, x-drop-me")
+            .header("x-drop-me", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authorization", "Basic dXNlcjpwYXNz")
+            .header("proxy-connection", "keep-alive")
+            .header("te", "trailers")
+            .header("host", "ignored.example")
+            .body(empty_body())
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        let text = String::from_utf8(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        assert!(text.contains("x-multi: one\nx-multi: two\n"), "{text}");
+        for gone in [
+            "x-drop-me",
+            "keep-alive",
+            "proxy-authorization",
+            "proxy-connection",
+            "te:",
+        ] {
+            assert!(!text.contains(gone), "{gone} was forwarded: {text}");
+        }
+        assert!(
+            text.contains(&format!("host: {}\n", origin.addr)),
+            "Host must follow the URL: {text}"
+        );
+
+        let response = client
+            .send_request(
+                Request::get(format!("http://{}/multi", origin.addr))
+                    .body(empty_body())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let multi: Vec<_> = response.headers().get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a", "b"]);
+        assert_eq!(response.headers().get_all("set-cookie").iter().count(), 2);
+        response.into_body().collect().await.unwrap();
+
+        let response = client
+            .send_request(
+                Request::get(format!("http://{}/hop", origin.addr))
+                    .body(empty_body())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(response.headers().get("x-hop-secret").is_none());
+        assert!(response.headers().get("keep-alive").is_none());
+        assert_eq!(response.headers()["x-end-to-end"], "kept");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn large_upload_and_download_stream_byte_exact_without_buffering() {
+    within(120, async {
+        let t = tunnel().await;
+        let origin = spawn_origin().await;
+        let (rss_before, _) = memory_kib();
+        let mut client = proxy_client(t.agent.addr).await;
+
+        const UPLOAD: u64 = 100 * 1024 * 1024;
+        let response = client
+            .send_request(
+                Request::post(format!("http://{}/sink", origin.addr))
+                    .body(pattern_body(UPLOAD))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "upload arrived intact");
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            UPLOAD.to_string()
+        );
+
+        const DOWNLOAD: u64 = 256 * 1024 * 1024;
+        let response = client
+            .send_request(
+                Request::get(format!("http://{}/bytes/{DOWNLOAD}", origin.addr))
+                    .body(empty_body())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["content-length"],
+            DOWNLOAD.to_string().as_str()
+        );
+        assert_eq!(check_pattern(response.into_body()).await, DOWNLOAD);
+
+        let (_, peak) = memory_kib();
+        // Client, agent, server and origin all live in this process: if any of them buffered a body, the peak
+        // would grow by at least 100 MiB.
+        let growth_mib = peak.saturating_sub(rss_before) / 1024;
+        assert!(
+            growth_mib < 64,
+            "peak memory grew by {growth_mib} MiB while moving 356 MiB"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_keep_alive_connection_reaches_two_hosts() {
+    within(20, async {
+        let t = tunnel().await;
+        let first = spawn_origin().await;
+        let second = spawn_origin().await;
+        let mut client = proxy_client(t.agent.addr).await;
+        for origin in [&first, &second, &first] {
+            let response = client
+                .send_request(
+                    Request::get(format!("http://{}/echo", origin.addr))
+                        .body(empty_body())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let text = String::from_utf8(
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec(),
+            )
+            .unwrap();
+            assert!(text.contains(&format!("host: {}\n", origin.addr)), "{text}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_mixed_requests_all_succeed() {
+    within(60, async {
+        let t = tunnel().await;
+        let origin = spawn_origin().await;
+        let echo = spawn_echo().await;
+        let agent = t.agent.addr;
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..100u64 {
+            let origin = origin.addr;
+            let echo = echo.addr;
+            tasks.spawn(async move {
+                match i % 4 {
+                    0 => {
+                        let (status, body) =
+                            get(agent, &format!("http://{origin}/bytes/{}", 1000 + i)).await;
+                        assert_eq!(status, StatusCode::OK);
+                        assert_eq!(body.len() as u64, 1000 + i);
+                    }
+                    1 => {
+                        let mut client = proxy_client(agent).await;
+                        let response = client
+                            .send_request(
+                                Request::post(format!("http://{origin}/sink"))
+                                    .body(pattern_body(50_000 + i))
+                                    .unwrap(),
+                            )
+                            .await
+                            .unwrap();
+                        assert_eq!(
+                            response.into_body().collect().await.unwrap().to_bytes(),
+                            (50_000 + i).to_string()
+                        );
+                    }
+                    2 => {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut stream = connect_through(agent, &echo.to_string()).await;
+                        let message = format!("hello {i}");
+                        stream.write_all(message.as_bytes()).await.unwrap();
+                        stream.shutdown().await.unwrap();
+                        let mut back = String::new();
+                        stream.read_to_string(&mut back).await.unwrap();
+                        assert_eq!(back, format!("{message}EOF"));
+                    }
+                    _ => {
+                        let (status, _) = get(agent, &format!("http://{origin}/status/404")).await;
+                        assert_eq!(status, StatusCode::NOT_FOUND);
+                    }
+                }
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agent_answers_health_metrics_and_404_but_proxies_absolute_healthz() {
+    within(20, async {
+        let t = tunnel().await;
+        let origin = spawn_origin().await;
+        let response = raw_request(
+            t.agent.addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.contains(r#""tunnel":"up""#), "{text}");
+
+        let response = raw_request(
+            t.agent.addr,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.contains("fluidity_agent_tunnel_up 1"), "{text}");
+
+        let response = raw_request(
+            t.agent.addr,
+            b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(parse_status(&response), Some(404));
+
+        // The same path on another host is the origin's.
+        let (status, body) = get(t.agent.addr, &format!("http://{}/healthz", origin.addr)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, Bytes::from("not found"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_and_the_agent_keeps_serving() {
+    within(20, async {
+        let t = tunnel().await;
+        let origin = spawn_origin().await;
+        let cases: [&[u8]; 5] = [
+            b"GARBAGE\r\n\r\n",
+            b"GET http://[::1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"CONNECT nohostport HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"CONNECT example.com:0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET https://example.com/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+        ];
+        for case in cases {
+            let response = raw_request(t.agent.addr, case).await.unwrap();
+            let status = parse_status(&response).unwrap_or(0);
+            assert!(
+                (400..500).contains(&status),
+                "{:?} answered {status}",
+                String::from_utf8_lossy(case)
+            );
+        }
+        let huge = format!(
+            "GET http://{}/echo HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            origin.addr,
+            "a".repeat(100 * 1024)
+        );
+        assert_eq!(raw_status(t.agent.addr, huge.as_bytes()).await, Some(431));
+        let (status, _) = get(t.agent.addr, &format!("http://{}/echo", origin.addr)).await;
+        assert_eq!(status, StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_targets_get_502_with_a_reason() {
+    within(20, async {
+        let t = tunnel().await;
+        let closed = closed_port().await;
+        let (status, body) = get(t.agent.addr, &format!("http://{closed}/")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(
+            String::from_utf8_lossy(&body).contains("refused"),
+            "{body:?}"
+        );
+        let (status, body) = get(t.agent.addr, "http://does-not-exist.invalid/").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(
+            String::from_utf8_lossy(&body).contains("resolve"),
+            "{body:?}"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,202 @@
+//! Mutual TLS on the tunnel: who gets in and who does not.
+
+mod common;
+
+use common::*;
+use fluidity::config::TlsFiles;
+use http::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+
+/// A TLS client for the tunnel port: trusts `ca`, presents `identity` if given, speaks only `versions`.
+fn client_config(
+    ca: &std::path::Path,
+    identity: Option<&TlsFiles>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(files) => {
+            let chain = CertificateDer::pem_file_iter(&files.cert_file)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&files.key_file).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+/// Tries to open a CONNECT stream to `target` over a fresh tunnel with `config`; true if the server let it through.
+async fn server_accepts(
+    server: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    target: &str,
+) -> bool {
+    let tcp = tokio::net::TcpStream::connect(server).await.unwrap();
+    let Ok(tls) = tokio_rustls::TlsConnector::from(config)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+    else {
+        return false;
+    };
+    let Ok((mut sender, conn)) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await
+    else {
+        return false;
+    };
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target)
+        .body(empty_body())
+        .unwrap();
+    matches!(sender.send_request(request).await, Ok(response) if response.status() == StatusCode::OK)
+}
+
+async fn handshake_failures(health: std::net::SocketAddr) -> u64 {
+    let response = raw_request(
+        health,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    text.lines()
+        .find_map(|line| line.strip_prefix("fluidity_server_handshake_failures_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn server_admits_only_tls13_clients_with_a_valid_certificate_from_its_ca() {
+    within(30, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        let echo = spawn_echo().await;
+        let target = echo.addr.to_string();
+        let ca = pki.path("ca.crt");
+        let tls13 = &[&rustls::version::TLS13];
+
+        assert!(
+            server_accepts(
+                server.addr,
+                client_config(&ca, Some(&pki.client_tls()), tls13),
+                &target
+            )
+            .await,
+            "a client with a certificate from the CA gets in"
+        );
+
+        let refusals = [
+            ("no client certificate", client_config(&ca, None, tls13)),
+            ("a certificate from a foreign CA", {
+                let foreign = TestPki::new();
+                client_config(&ca, Some(&foreign.client_tls()), tls13)
+            }),
+            (
+                "an expired certificate",
+                client_config(&ca, Some(&pki.expired_client()), tls13),
+            ),
+            (
+                "TLS 1.2 only",
+                client_config(&ca, Some(&pki.client_tls()), &[&rustls::version::TLS12]),
+            ),
+        ];
+        for (what, config) in refusals {
+            let before = handshake_failures(server.health).await;
+            assert!(
+                !server_accepts(server.addr, config, &target).await,
+                "{what} must be refused"
+            );
+            let health = server.health;
+            eventually(5, "the refusal to be counted", || async move {
+                handshake_failures(health).await > before
+            })
+            .await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agent_with_a_foreign_certificate_never_reports_the_tunnel_up() {
+    within(30, async {
+        let pki = TestPki::new();
+        let foreign = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        // The agent's whole identity comes from another CA (startup refuses a certificate its own CA did not sign).
+        let agent = spawn_agent(agent_config(&foreign, server.addr)).await;
+        let health = server.health;
+        eventually(10, "the tunnel to fail twice", || async move {
+            handshake_failures(health).await >= 2
+        })
+        .await;
+        assert_eq!(health_status(agent.addr).await, Some(503));
+        let origin = spawn_origin().await;
+        let (status, _) = get(agent.addr, &format!("http://{}/echo", origin.addr)).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agent_refuses_a_server_whose_certificate_is_from_a_foreign_ca() {
+    within(30, async {
+        let pki = TestPki::new();
+        let foreign = TestPki::new();
+        // The server's identity comes from another CA: the agent must not trust it.
+        let server = spawn_server(server_config(&foreign)).await;
+        let agent = spawn_agent(agent_config(&pki, server.addr)).await;
+        let health = server.health;
+        eventually(10, "the agent to give up on the handshake", || async move {
+            handshake_failures(health).await >= 1
+        })
+        .await;
+        assert_eq!(health_status(agent.addr).await, Some(503));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn startup_names_the_file_that_is_wrong() {
+    within(30, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+
+        let mut config = agent_config(&pki, server.addr);
+        config.tls.cert_file = pki.path("missing.crt");
+        let err = fluidity::Agent::bind(config).await.err().unwrap();
+        assert!(format!("{err:#}").contains("missing.crt"), "{err:#}");
+
+        let mut config = agent_config(&pki, server.addr);
+        config.tls = pki.expired_client();
+        let err = fluidity::Agent::bind(config).await.err().unwrap();
+        assert!(format!("{err:#}").contains("expired.crt"), "{err:#}");
+
+        let mut config = agent_config(&pki, server.addr);
+        config.tls.key_file = pki.path("server.key");
+        let err = fluidity::Agent::bind(config).await.err().unwrap();
+        assert!(format!("{err:#}").contains("server.key"), "{err:#}");
+
+        std::fs::write(pki.path("garbage.crt"), "not a certificate").unwrap();
+        let mut config = server_config(&pki);
+        config.tls.cert_file = pki.path("garbage.crt");
+        let err = fluidity::Server::bind(config).await.err().unwrap();
+        assert!(format!("{err:#}").contains("garbage.crt"), "{err:#}");
+    })
+    .await;
+}
