@@ -1,4 +1,8 @@
 //! CONNECT through the agent: HTTPS to a local TLS origin, raw TCP with half-close, failures, and `fast_connect`.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 mod common;
 

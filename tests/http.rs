@@ -1,5 +1,9 @@
 //! Plain HTTP through the agent: methods, statuses, headers, streamed bodies, keep-alive routing, concurrency and
 //! the agent's own endpoints.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 mod common;
 

@@ -1,4 +1,8 @@
 //! Mutual TLS on the tunnel: who gets in and who does not.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 mod common;
 

@@ -1,4 +1,8 @@
 //! The server's destination policy: private ranges refused by default, `deny_targets` and `allow_targets`.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
 
 mod common;
 

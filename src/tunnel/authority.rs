@@ -74,6 +74,12 @@ pub(crate) fn parse_target(
     if authority.starts_with('[') && host.parse::<std::net::Ipv6Addr>().is_err() {
         return Err(BadTarget::Syntax);
     }
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    if after_host.contains(':') && parsed.port_u16().is_none() {
+        return Err(BadTarget::Syntax);
+    }
     let port = match (parsed.port_u16(), default_port) {
         (Some(port), _) => port,
         (None, Some(port)) => port,
@@ -94,7 +100,12 @@ mod tests {
 
     #[test]
     fn parses_targets() {
-        let cases: &[(&str, Option<u16>, Result<(&str, u16), BadTarget>)] = &[
+        type Case = (
+            &'static str,
+            Option<u16>,
+            Result<(&'static str, u16), BadTarget>,
+        );
+        let cases: &[Case] = &[
             ("example.com:443", None, Ok(("example.com", 443))),
             ("Example.COM:80", None, Ok(("example.com", 80))),
             ("127.0.0.1:8080", None, Ok(("127.0.0.1", 8080))),

@@ -1,6 +1,14 @@
 //! Shared test harness: a fresh PKI per test, in-process server and agent on 127.0.0.1:0, local targets (HTTP
 //! origin, TLS origin, TCP echo, WebSocket echo) and proxy clients.
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test file uses a different part of the harness"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a harness failure is a test failure: panicking is the point"
+)]
 
 use bytes::Bytes;
 use fluidity::config::{AgentConfig, ServerConfig, TlsFiles};
@@ -630,14 +638,9 @@ pub async fn spawn_ws_echo(tls: Option<Arc<rustls::ServerConfig>>) -> Origin {
                         return;
                     };
                     while let Some(Ok(message)) = ws.next().await {
-                        use tokio_tungstenite::tungstenite::Message;
-                        match message {
-                            Message::Text(_) | Message::Binary(_) => {
-                                if ws.send(message).await.is_err() {
-                                    return;
-                                }
-                            }
-                            _ => {}
+                        let is_data = message.is_text() || message.is_binary();
+                        if is_data && ws.send(message).await.is_err() {
+                            return;
                         }
                     }
                 }
@@ -678,4 +681,130 @@ pub async fn get(agent: SocketAddr, url: &str) -> (StatusCode, Bytes) {
 
 pub fn path_exists(path: &Path) -> bool {
     path.exists()
+}
+
+/// A TCP relay between an agent and a server, to break the link on purpose: `cut` closes every connection it
+/// carries now; `freeze` makes them go silent (bytes are swallowed, nothing closes). New connections work normally.
+pub struct Relay {
+    pub addr: SocketAddr,
+    /// Each connection remembers the epoch it started in; `cut` and `freeze` act on the epochs before theirs.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    cut_below: Arc<tokio::sync::watch::Sender<u64>>,
+    frozen_below: Arc<std::sync::atomic::AtomicU64>,
+    _task: AbortOnDrop,
+}
+
+impl Relay {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let epoch = Arc::new(AtomicU64::new(0));
+        let cut_below = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let (epoch_t, cut_t, frozen_t) = (epoch.clone(), cut_below.clone(), frozen_below.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(outbound) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let mine = epoch_t.load(Ordering::SeqCst);
+                let mut cut = cut_t.subscribe();
+                let frozen = frozen_t.clone();
+                tokio::spawn(async move {
+                    let (a_read, a_write) = inbound.into_split();
+                    let (b_read, b_write) = outbound.into_split();
+                    let frozen2 = frozen.clone();
+                    let up = pump(a_read, b_write, move || {
+                        frozen.load(Ordering::SeqCst) > mine
+                    });
+                    let down = pump(b_read, a_write, move || {
+                        frozen2.load(Ordering::SeqCst) > mine
+                    });
+                    tokio::select! {
+                        () = async { tokio::join!(up, down); } => {}
+                        _ = cut.wait_for(|below| *below > mine) => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            epoch,
+            cut_below,
+            frozen_below,
+            _task: AbortOnDrop(task),
+        }
+    }
+
+    /// Closes every connection relayed so far.
+    pub fn cut(&self) {
+        let next = self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.cut_below.send_replace(next);
+    }
+
+    /// Makes every connection relayed so far silent: bytes go in and never come out, nothing is closed.
+    pub fn freeze(&self) {
+        let next = self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.frozen_below
+            .store(next, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    is_frozen: impl Fn() -> bool,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if is_frozen() {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A request body fed through a channel, to control when each part is sent.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, TestBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| {
+            (
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk)),
+                rx,
+            )
+        })
+    });
+    (tx, StreamBody::new(stream).boxed())
+}
+
+/// Reads a counter or gauge from Prometheus text.
+pub async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let response = raw_request(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .ok()?;
+    let text = String::from_utf8_lossy(&response).to_string();
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

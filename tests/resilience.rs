@@ -1,0 +1,228 @@
+//! Faults on the tunnel: the server going away and coming back, a link cut or gone silent mid-stream, and graceful
+//! shutdown with work in flight.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers fail the test by panicking"
+)]
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use std::time::Duration;
+
+#[tokio::test]
+async fn tunnel_loss_answers_503_and_502_then_recovers_when_the_server_returns() {
+    within(40, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        let server_addr = server.addr;
+        let agent = spawn_agent(agent_config(&pki, server_addr)).await;
+        agent.wait_up().await;
+        let origin = spawn_origin().await;
+        let url = format!("http://{}/echo", origin.addr);
+        assert_eq!(get(agent.addr, &url).await.0, StatusCode::OK);
+
+        server.shutdown().await;
+        let addr = agent.addr;
+        eventually(10, "/healthz to report the tunnel down", || async move {
+            health_status(addr).await == Some(503)
+        })
+        .await;
+        let (status, body) = get(agent.addr, &url).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(
+            String::from_utf8_lossy(&body).contains("tunnel"),
+            "{body:?}"
+        );
+
+        let mut config = server_config(&pki);
+        config.listen = server_addr;
+        let _server = spawn_server(config).await;
+        agent.wait_up().await;
+        assert_eq!(get(agent.addr, &url).await.0, StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requests_in_flight_when_the_link_is_cut_end_with_502_and_the_agent_reconnects() {
+    within(40, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        let relay = Relay::start(server.addr).await;
+        let agent = spawn_agent(agent_config(&pki, relay.addr)).await;
+        agent.wait_up().await;
+        let origin = spawn_origin().await;
+        let agent_addr = agent.addr;
+        let mut pending = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let url = format!("http://{}/never", origin.addr);
+            pending.spawn(async move { get(agent_addr, &url).await.0 });
+        }
+        let server_health = server.health;
+        eventually(10, "20 streams to be open on the server", || async move {
+            metric(server_health, "fluidity_server_streams_open{kind=\"http\"}").await == Some(20.0)
+        })
+        .await;
+        relay.cut();
+        while let Some(status) = pending.join_next().await {
+            assert_eq!(status.unwrap(), StatusCode::BAD_GATEWAY);
+        }
+        agent.wait_up().await;
+        assert_eq!(
+            get(agent.addr, &format!("http://{}/echo", origin.addr))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            metric(agent.addr, "fluidity_agent_tunnel_connects_total").await,
+            Some(2.0)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_download_cut_mid_body_is_reported_as_truncated_not_complete() {
+    within(40, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        let relay = Relay::start(server.addr).await;
+        let agent = spawn_agent(agent_config(&pki, relay.addr)).await;
+        agent.wait_up().await;
+        let origin = spawn_origin().await;
+        let mut client = proxy_client(agent.addr).await;
+        let response = client
+            .send_request(
+                Request::get(format!("http://{}/bytes/1000000000", origin.addr))
+                    .body(empty_body())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut body = response.into_body();
+        let mut received = 0usize;
+        while received < 1_000_000 {
+            let frame = body.frame().await.unwrap().unwrap();
+            received += frame.data_ref().map_or(0, Bytes::len);
+        }
+        relay.cut();
+        let ended_in_error = loop {
+            match body.frame().await {
+                None => break false,
+                Some(Err(_)) => break true,
+                Some(Ok(_)) => {}
+            }
+        };
+        assert!(
+            ended_in_error,
+            "a cut body must end in an error, not a clean end of stream"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_silent_link_is_detected_by_keepalive_and_replaced() {
+    within(40, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        let relay = Relay::start(server.addr).await;
+        let agent = spawn_agent(agent_config(&pki, relay.addr)).await;
+        agent.wait_up().await;
+        relay.freeze();
+        let started = std::time::Instant::now();
+        let addr = agent.addr;
+        // Ping every 5 s, 5 s to answer: the dead link is noticed within about 10 s and a new tunnel is built.
+        eventually(20, "a second tunnel", || async move {
+            metric(addr, "fluidity_agent_tunnel_connects_total").await == Some(2.0)
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "took {:?}",
+            started.elapsed()
+        );
+        let origin = spawn_origin().await;
+        assert_eq!(
+            get(agent.addr, &format!("http://{}/echo", origin.addr))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_an_in_flight_upload_finish_and_refuses_new_callers() {
+    within(30, async {
+        let t = tunnel().await;
+        let origin = spawn_origin().await;
+        let mut client = proxy_client(t.agent.addr).await;
+        let (tx, body) = channel_body();
+        let response = tokio::spawn(
+            client.send_request(
+                Request::post(format!("http://{}/body", origin.addr))
+                    .body(body)
+                    .unwrap(),
+            ),
+        );
+        tx.send(Bytes::from_static(b"first half, ")).await.unwrap();
+        let agent_addr = t.agent.addr;
+        let Tunnel {
+            agent,
+            server,
+            pki: _pki,
+        } = t;
+        let shutdown = tokio::spawn(agent.shutdown());
+        eventually(5, "the agent to stop accepting", || async move {
+            tokio::net::TcpStream::connect(agent_addr).await.is_err()
+        })
+        .await;
+        tx.send(Bytes::from_static(b"second half")).await.unwrap();
+        drop(tx);
+        let response = response.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let echoed = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(echoed, "first half, second half");
+        shutdown.await.unwrap();
+        server.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_shutdown_lets_an_in_flight_stream_finish() {
+    within(30, async {
+        let t = tunnel().await;
+        let echo = spawn_echo().await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = connect_through(t.agent.addr, &echo.addr.to_string()).await;
+        stream.write_all(b"before ").await.unwrap();
+        let mut buf = [0u8; 7];
+        stream.read_exact(&mut buf).await.unwrap();
+        let Tunnel {
+            agent: _agent,
+            server,
+            pki: _pki,
+        } = t;
+        let health = server.health;
+        let shutdown = tokio::spawn(server.shutdown());
+        eventually(5, "the server to stop serving health", || async move {
+            tokio::net::TcpStream::connect(health).await.is_err()
+        })
+        .await;
+        stream.write_all(b"after").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"afterEOF");
+        shutdown.await.unwrap();
+    })
+    .await;
+}
