@@ -13,12 +13,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, ClientConfig, InconsistentKeys, RootCertStore, ServerConfig};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use time::OffsetDateTime;
 
 /// The only application protocol spoken on the tunnel.
@@ -98,6 +101,7 @@ pub fn load_server_config(
         path: ca.to_path_buf(),
         reason: e.to_string(),
     })?;
+    let verifier = Arc::new(AuditingVerifier { inner: verifier });
 
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -136,6 +140,100 @@ pub fn load_client_config(
         })?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// Wraps the client-certificate verifier to log every refused certificate with its common name and the reason
+/// (the audit trail). The log line carries the connection's span, so the source address is there too.
+#[derive(Debug)]
+struct AuditingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for AuditingVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verdict = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now);
+        if let Err(err) = &verdict {
+            let cn = cert_common_name(end_entity).unwrap_or_else(|| "(none)".to_owned());
+            tracing::warn!(cn = %cn, reason = %err, "agent certificate refused");
+        }
+        verdict
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The serial number of a DER certificate (big-endian bytes, no leading zeros).
+pub fn cert_serial(der: &[u8]) -> Option<Vec<u8>> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(trim_serial(cert.raw_serial()))
+}
+
+/// The serial numbers revoked by the CRLs in `crl`.
+///
+/// # Errors
+/// The file is missing, unreadable, or holds no parseable CRL.
+pub fn revoked_serials(crl: &Path) -> Result<Vec<Vec<u8>>, TlsError> {
+    let bytes = read_file(crl)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_pem(crl, e))?;
+    let mut serials = Vec::new();
+    for der in &crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(der).map_err(|e| TlsError::BadCrl {
+            path: crl.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        serials.extend(
+            parsed
+                .iter_revoked_certificates()
+                .map(|revoked| trim_serial(revoked.raw_serial())),
+        );
+    }
+    Ok(serials)
+}
+
+fn trim_serial(raw: &[u8]) -> Vec<u8> {
+    let start = raw.iter().position(|b| *b != 0).unwrap_or(raw.len());
+    raw[start..].to_vec()
 }
 
 /// The common name of the peer's (the agent's) certificate on an established server connection.

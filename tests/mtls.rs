@@ -204,3 +204,70 @@ async fn startup_names_the_file_that_is_wrong() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn revoking_an_agent_and_reloading_closes_its_tunnel_and_refuses_it() {
+    within(30, async {
+        let pki = TestPki::new();
+        // A CRL must exist for the server to start with one: revoke an unrelated certificate first.
+        let other = fluidity::certs::issue_into(pki.dir.path(), "other", pki.dir.path(), 30, false)
+            .unwrap();
+        let crl = fluidity::certs::revoke(pki.dir.path(), &other[0]).unwrap();
+        let mut config = server_config(&pki);
+        config.crl_file = Some(crl);
+        let server = spawn_server(config).await;
+        let agent = spawn_agent(agent_config(&pki, server.addr)).await;
+        agent.wait_up().await;
+
+        fluidity::certs::revoke(pki.dir.path(), &pki.path("client.crt")).unwrap();
+        server.reloader.reload().unwrap();
+        let addr = agent.addr;
+        eventually(10, "the revoked agent's tunnel to close", || async move {
+            health_status(addr).await == Some(503)
+        })
+        .await;
+        let health = server.health;
+        let before = handshake_failures(health).await;
+        eventually(
+            10,
+            "the revoked agent's reconnect to be refused",
+            || async move { handshake_failures(health).await > before },
+        )
+        .await;
+        assert_eq!(health_status(agent.addr).await, Some(503));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_address_failing_many_handshakes_is_refused_before_tls() {
+    within(30, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        for _ in 0..20 {
+            // Not TLS at all: the handshake fails at once.
+            let _ = raw_request(server.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        }
+        let health = server.health;
+        eventually(5, "twenty failures to be counted", || async move {
+            handshake_failures(health).await >= 20
+        })
+        .await;
+        let echo = spawn_echo().await;
+        let config = client_config(
+            &pki.path("ca.crt"),
+            Some(&pki.client_tls()),
+            &[&rustls::version::TLS13],
+        );
+        assert!(!server_accepts(server.addr, config, &echo.addr.to_string()).await);
+        assert!(
+            metric(server.health, "fluidity_server_connections_refused_total").await >= Some(1.0)
+        );
+        assert_eq!(
+            handshake_failures(server.health).await,
+            20,
+            "refused before any TLS work"
+        );
+    })
+    .await;
+}

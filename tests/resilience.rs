@@ -226,3 +226,143 @@ async fn server_shutdown_lets_an_in_flight_stream_finish() {
     })
     .await;
 }
+
+/// A target that answers with a head and part of the body, then resets the connection.
+async fn spawn_resetting_origin() -> Origin {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                    .await;
+                let _ = stream.write_all(&[7u8; 10_000]).await;
+                // Linger 0: closing sends RST instead of FIN.
+                let _ = stream.set_zero_linger();
+                drop(stream);
+            });
+        }
+    });
+    Origin {
+        addr,
+        _task: AbortOnDrop(task),
+    }
+}
+
+#[tokio::test]
+async fn an_origin_reset_mid_body_reaches_the_caller_as_an_error() {
+    within(20, async {
+        let t = tunnel().await;
+        let origin = spawn_resetting_origin().await;
+        let mut client = proxy_client(t.agent.addr).await;
+        // Depending on how far the head got before the reset, the caller sees a cut response (no head flushed
+        // yet) or a 200 whose body ends in an error; never a body that looks complete.
+        let outcome = client
+            .send_request(
+                Request::get(format!("http://{}/", origin.addr))
+                    .body(empty_body())
+                    .unwrap(),
+            )
+            .await;
+        if let Ok(response) = outcome {
+            let status = response.status();
+            let collected = response.into_body().collect().await;
+            assert!(
+                status == StatusCode::BAD_GATEWAY || collected.is_err(),
+                "a body cut by the origin must not look complete ({status})"
+            );
+        }
+        // The tunnel is unharmed.
+        let healthy = spawn_origin().await;
+        assert_eq!(
+            get(t.agent.addr, &format!("http://{}/echo", healthy.addr))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hundred_busy_streams_survive_a_server_restart_with_an_answer_or_502() {
+    within(60, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        let server_addr = server.addr;
+        let relay = Relay::start(server_addr).await;
+        let agent = spawn_agent(agent_config(&pki, relay.addr)).await;
+        agent.wait_up().await;
+        let origin = spawn_origin().await;
+        let agent_addr = agent.addr;
+        let mut busy = tokio::task::JoinSet::new();
+        for i in 0..100u64 {
+            let url = format!("http://{}/bytes/{}", origin.addr, 4_000_000 + i);
+            busy.spawn(async move {
+                let mut client = proxy_client(agent_addr).await;
+                let response = client
+                    .send_request(Request::get(url).body(empty_body()).unwrap())
+                    .await
+                    .unwrap();
+                if response.status() != StatusCode::OK {
+                    return response.status().as_u16();
+                }
+                match response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|body| body.to_bytes().len() as u64)
+                {
+                    Ok(len) if len == 4_000_000 + i => 200,
+                    Ok(len) => panic!("a short body ({len} bytes) was passed off as complete"),
+                    Err(_) => 0, // cut mid-body: the caller saw an error
+                }
+            });
+        }
+        let server_health = server.health;
+        eventually(20, "streams to be busy on the server", || async move {
+            metric(server_health, "fluidity_server_streams_open{kind=\"http\"}").await >= Some(50.0)
+        })
+        .await;
+        // The server process dies (its connections drop at once) and a new one starts on the same port.
+        relay.cut();
+        drop(server);
+        let mut config = server_config(&pki);
+        config.listen = server_addr;
+        let _restarted = loop {
+            // The old listener may take a moment to close.
+            match fluidity::Server::bind(config.clone()).await {
+                Ok(bound) => {
+                    let token = tokio_util::sync::CancellationToken::new();
+                    tokio::spawn(bound.run(token.clone()));
+                    break token.drop_guard();
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        let mut outcomes = std::collections::BTreeMap::new();
+        while let Some(outcome) = busy.join_next().await {
+            *outcomes.entry(outcome.unwrap()).or_insert(0) += 1;
+        }
+        assert!(
+            outcomes.keys().all(|status| [0, 200, 502].contains(status)),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes.values().sum::<i32>(), 100);
+        agent.wait_up().await;
+        assert_eq!(
+            get(agent.addr, &format!("http://{}/echo", origin.addr))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    })
+    .await;
+}

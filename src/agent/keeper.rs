@@ -21,7 +21,8 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
-    AGENT_PING_INTERVAL, AGENT_PING_TIMEOUT, Body, MAX_HEADER_BYTES, PROBE_AUTHORITY, empty,
+    AGENT_PING_INTERVAL, AGENT_PING_TIMEOUT, Body, CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES,
+    PROBE_AUTHORITY, STREAM_WINDOW_BYTES, empty,
 };
 
 /// First reconnect delay.
@@ -169,7 +170,8 @@ impl Keeper {
             .map_err(ConnectError::Tls)?;
         let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_header_list_size(MAX_HEADER_BYTES as u32)
             .keep_alive_interval(AGENT_PING_INTERVAL)
             .keep_alive_timeout(AGENT_PING_TIMEOUT)

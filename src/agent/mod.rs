@@ -27,6 +27,8 @@ use crate::tls;
 use crate::tunnel::MAX_HEADER_BYTES;
 use keeper::{Keeper, TunnelState};
 
+/// How often certificate expiry is checked (and warned about) while running.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Pause after a failed `accept()` (out of descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -149,6 +151,17 @@ impl Agent {
         let shared = self.shared;
         let keeper_stop = CancellationToken::new();
         let keeper_task = tokio::spawn(self.keeper.run(keeper_stop.clone()));
+        let expiry_shared = shared.clone();
+        shared.drain.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = expiry_shared.drain.graceful.cancelled() => return,
+                    () = tokio::time::sleep(EXPIRY_CHECK_INTERVAL) => {
+                        update_expiry(&expiry_shared.config, &expiry_shared.metrics);
+                    }
+                }
+            }
+        });
         info!(addr = %self.listener.local_addr()?, "agent listening");
         let mut next_id: u64 = 0;
         loop {

@@ -5,6 +5,7 @@
 //! cancelled and then drains. It does not know about the agent.
 
 mod dial;
+mod guard;
 pub(crate) mod policy;
 mod service;
 
@@ -14,9 +15,10 @@ use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -27,14 +29,20 @@ use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
-use crate::tunnel::{Body, MAX_HEADER_BYTES, SERVER_PING_INTERVAL, SERVER_PING_TIMEOUT};
+use crate::tunnel::{
+    Body, CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES, SERVER_PING_INTERVAL, SERVER_PING_TIMEOUT,
+    STREAM_WINDOW_BYTES,
+};
 use dial::{Dialer, TargetConnector};
+use guard::HandshakeGuard;
 use policy::TargetPolicy;
 
 /// Idle pooled connections to targets are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle pooled connections kept per target.
 const POOL_MAX_IDLE_PER_HOST: usize = 32;
+/// How often certificate expiry is checked (and warned about) while running.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Pause after a failed `accept()` (out of descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -46,7 +54,16 @@ pub(crate) struct Shared {
     dialer: Arc<Dialer>,
     client: Client<TargetConnector, Body>,
     limiter: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    handshakes: HandshakeGuard,
+    /// Established agent tunnels, so a reload can close those whose certificate was revoked.
+    live: Mutex<HashMap<u64, LiveAgent>>,
     drain: Drain,
+}
+
+/// An established agent tunnel.
+struct LiveAgent {
+    serial: Option<Vec<u8>>,
+    close: CancellationToken,
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -74,6 +91,15 @@ impl ServerReload {
         }
         update_expiry(config, &self.0.metrics);
         info!("certificates reloaded");
+        if let Some(crl) = &config.crl_file {
+            let revoked = tls::revoked_serials(crl)?;
+            let live = self.0.live.lock().unwrap_or_else(|p| p.into_inner());
+            for agent in live.values() {
+                if agent.serial.as_ref().is_some_and(|s| revoked.contains(s)) {
+                    agent.close.cancel();
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -140,6 +166,8 @@ impl Server {
                 dialer,
                 client,
                 limiter,
+                handshakes: HandshakeGuard::default(),
+                live: Mutex::new(HashMap::new()),
                 drain: Drain::default(),
                 config,
             }),
@@ -186,6 +214,17 @@ impl Server {
             move |req| service::admin(&admin_shared, req),
             drain.clone(),
         ));
+        let expiry_shared = shared.clone();
+        drain.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = expiry_shared.drain.graceful.cancelled() => return,
+                    () = tokio::time::sleep(EXPIRY_CHECK_INTERVAL) => {
+                        update_expiry(&expiry_shared.config, &expiry_shared.metrics);
+                    }
+                }
+            }
+        });
         let local = self.listener.local_addr()?;
         info!(addr = %local, health = %health_addr, "server listening");
         let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
@@ -202,6 +241,11 @@ impl Server {
                     }
                 },
             };
+            if !shared.handshakes.allows(peer.ip()) {
+                shared.metrics.connections_refused.inc();
+                debug!(%peer, "too many failed handshakes from this address, connection refused");
+                continue;
+            }
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 shared.metrics.connections_refused.inc();
                 warn!(%peer, "max_connections reached, connection refused");
@@ -212,7 +256,7 @@ impl Server {
             let shared = shared.clone();
             drain.tasks.spawn(
                 async move {
-                    serve_agent(&shared, tcp, peer).await;
+                    serve_agent(&shared, tcp, peer, next_id).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -227,7 +271,7 @@ impl Server {
 }
 
 /// One agent connection: TLS handshake (bounded in time), then HTTP/2 until the agent leaves or shutdown.
-async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
     let _ = tcp.set_nodelay(true);
     let acceptor = match shared.acceptor.read() {
         Ok(guard) => guard.clone(),
@@ -238,15 +282,42 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
             shared.metrics.handshake_failures.inc();
+            shared.handshakes.record_failure(peer.ip());
             warn!(%peer, reason = %err, "agent refused: handshake failed");
             return;
         }
         Err(_) => {
             shared.metrics.handshake_failures.inc();
+            shared.handshakes.record_failure(peer.ip());
             warn!(%peer, reason = "handshake timed out", "agent refused: handshake failed");
             return;
         }
     };
+    // rustls completes a handshake without ALPN when the client offers none; the tunnel speaks only h2.
+    if stream.get_ref().1.alpn_protocol() != Some(tls::ALPN_H2) {
+        shared.metrics.handshake_failures.inc();
+        shared.handshakes.record_failure(peer.ip());
+        warn!(%peer, reason = "no h2 in ALPN", "agent refused: handshake failed");
+        return;
+    }
+    let serial = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|der| tls::cert_serial(der));
+    let close = CancellationToken::new();
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            id,
+            LiveAgent {
+                serial,
+                close: close.clone(),
+            },
+        );
     let agent: Arc<str> = tls::peer_common_name(stream.get_ref().1)
         .unwrap_or_else(|| "unknown".to_string())
         .into();
@@ -260,7 +331,8 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     });
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .adaptive_window(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_concurrent_streams(shared.config.max_streams_per_agent)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .keep_alive_interval(SERVER_PING_INTERVAL)
@@ -270,6 +342,10 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let drain = &shared.drain;
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        () = close.cancelled() => {
+            info!(%peer, cn = %agent, "agent tunnel closed: certificate revoked");
+            Ok(())
+        }
         () = drain.graceful.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
@@ -279,6 +355,11 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     shared.metrics.agent_connections.dec();
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
     match result {
         Ok(()) => info!(%peer, cn = %agent, "agent disconnected"),
         Err(err) => {

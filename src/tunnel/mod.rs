@@ -41,6 +41,16 @@ pub(crate) const STREAM_KIND_HEADER: &str = "fluidity-stream";
 /// Bytes per direction a spliced stream copies at once: large enough that bulk transfers are not bound by syscalls.
 pub(crate) const COPY_BUFFER_BYTES: usize = 64 * 1024;
 
+/// HTTP/2 flow-control window of one stream, both directions, both roles: what one stream may have in flight
+/// unacknowledged. 8 MiB covers the bandwidth-delay product of ~130 MB/s at 60 ms round trip.
+pub(crate) const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// HTTP/2 flow-control window of the whole tunnel: the most one side buffers for the other when its readers are
+/// slow, across all streams. It also sizes h2's allowance for small DATA frames (half the window): a smaller
+/// window lets a burst of tiny frames on many streams (interactive sessions) trip h2's flood protection, which
+/// closes the whole tunnel. Fixed windows are used instead of hyper's adaptive ones for that reason: adaptive
+/// windows start at 64 KiB on low-latency links.
+pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+
 /// Largest request or response head either role accepts; beyond it the agent answers 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 

@@ -4,11 +4,10 @@
 //! It does not decide what the streams are; callers hand it two ready byte streams.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::COPY_BUFFER_BYTES;
@@ -25,7 +24,10 @@ pub(crate) struct Moved {
 /// Copies `a` → `b` and `b` → `a` until both directions reach EOF (each EOF is passed on as a write shutdown, so a
 /// half-closed TCP connection stays half-open), an error occurs, or no byte moved either way for `idle`.
 ///
-/// Returns the bytes moved each way; on idle expiry the error kind is `TimedOut`.
+/// Copy buffers exist only while bytes move: a direction that has been quiet for [`BUFFER_RELEASE_AFTER`] gives
+/// its buffer back and waits for the next byte with a one-byte read, so an idle tunnel costs almost no memory.
+///
+/// On idle expiry the error kind is `TimedOut`.
 /// Cancel safety: dropping the future drops both streams (an HTTP/2 stream is then reset).
 pub(crate) async fn splice<A, B>(
     a: A,
@@ -38,31 +40,103 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let clock = Activity::new();
-    let mut a = Watched {
-        inner: a,
-        clock: &clock,
-        count: &moved.a_to_b,
+    let (a_read, a_write) = tokio::io::split(a);
+    let (b_read, b_write) = tokio::io::split(b);
+    let both = async {
+        tokio::try_join!(
+            pump(a_read, b_write, &moved.a_to_b, &clock),
+            pump(b_read, a_write, &moved.b_to_a, &clock),
+        )
+        .map(drop)
     };
-    let mut b = Watched {
-        inner: b,
-        clock: &clock,
-        count: &moved.b_to_a,
-    };
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut a,
-        &mut b,
-        COPY_BUFFER_BYTES,
-        COPY_BUFFER_BYTES,
-    );
     match idle {
-        None => copy.await.map(drop),
+        None => both.await,
         Some(limit) => {
             tokio::select! {
-                result = copy => result.map(drop),
+                result = both => result,
                 () = clock.expired(limit) => Err(io::Error::new(io::ErrorKind::TimedOut, "stream idle")),
             }
         }
     }
+}
+
+/// The buffer a direction takes when bytes start moving; it grows to [`COPY_BUFFER_BYTES`] once a read fills it.
+/// Interactive streams (keystrokes, small WebSocket messages) never need more.
+pub(crate) const FIRST_BUFFER_BYTES: usize = 8 * 1024;
+
+/// How long a direction keeps its copy buffer after the last byte it moved.
+pub(crate) const BUFFER_RELEASE_AFTER: Duration = Duration::from_secs(1);
+
+/// One direction: read into the buffer, write it all out, until EOF (then shut the writer down).
+async fn pump<R, W>(
+    mut reader: R,
+    mut writer: W,
+    count: &AtomicU64,
+    clock: &Activity,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let n = fill(&mut reader, &mut writer, &mut buf).await?;
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        clock.touch();
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        writer.write_all(&buf[..n]).await?;
+    }
+}
+
+/// Reads the next bytes into `buf` (replacing its contents); 0 at EOF. Flushes `writer` before waiting, and
+/// releases the buffer when nothing arrives for [`BUFFER_RELEASE_AFTER`].
+async fn fill<R, W>(reader: &mut R, writer: &mut W, buf: &mut Vec<u8>) -> io::Result<usize>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if !buf.is_empty() && buf.len() == buf.capacity() && buf.capacity() < COPY_BUFFER_BYTES {
+        // The last read filled the buffer: bytes are streaming, so read in large chunks from now on.
+        *buf = Vec::with_capacity(COPY_BUFFER_BYTES);
+    }
+    buf.clear();
+    if buf.capacity() > 0 {
+        if let Some(read) = poll_once(reader.read_buf(buf)).await {
+            return read;
+        }
+        writer.flush().await?;
+        tokio::select! {
+            read = reader.read_buf(buf) => return read,
+            () = tokio::time::sleep(BUFFER_RELEASE_AFTER) => *buf = Vec::new(),
+        }
+    } else {
+        writer.flush().await?;
+    }
+    let mut first = [0u8; 1];
+    if reader.read(&mut first).await? == 0 {
+        return Ok(0);
+    }
+    buf.reserve_exact(FIRST_BUFFER_BYTES);
+    buf.push(first[0]);
+    // Whatever else is already there comes along; an EOF here shows on the next call.
+    if let Some(read) = poll_once(reader.read_buf(buf)).await {
+        read?;
+    }
+    Ok(buf.len())
+}
+
+/// Polls `future` once: its output if it is ready now, `None` if it would wait (the future is then dropped; the
+/// reads used here are cancel safe).
+async fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| match future.as_mut().poll(cx) {
+        Poll::Ready(output) => Poll::Ready(Some(output)),
+        Poll::Pending => Poll::Ready(None),
+    })
+    .await
 }
 
 /// The time of the last byte moved, as milliseconds since `start`.
@@ -94,60 +168,6 @@ impl Activity {
             }
             tokio::time::sleep_until(deadline).await;
         }
-    }
-}
-
-/// A stream that records when bytes are read from it and how many.
-struct Watched<'a, T> {
-    inner: T,
-    clock: &'a Activity,
-    count: &'a AtomicU64,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            self.clock.touch();
-            self.count.fetch_add(read as u64, Ordering::Relaxed);
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
@@ -215,5 +235,28 @@ mod tests {
             () = talker => unreachable!("talker sleeps longer than the idle limit"),
         }
         assert_eq!(started.elapsed(), Duration::from_secs(90));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_after_a_quiet_spell_still_flow() {
+        let (mut left, a) = duplex(1 << 20);
+        let (b, mut right) = duplex(1 << 20);
+        let moved = Moved::default();
+        let talk = async {
+            let mut got = vec![0u8; 100_000];
+            for round in 0..3u8 {
+                let message = vec![round; 100_000];
+                left.write_all(&message).await.unwrap();
+                right.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, message);
+                // Longer than the release delay: the buffer is given back and taken again.
+                tokio::time::sleep(BUFFER_RELEASE_AFTER * 3).await;
+            }
+            left.shutdown().await.unwrap();
+            right.shutdown().await.unwrap();
+        };
+        let (result, ()) = tokio::join!(splice(a, b, None, &moved), talk);
+        result.unwrap();
+        assert_eq!(moved.a_to_b.load(Ordering::Relaxed), 300_000);
     }
 }

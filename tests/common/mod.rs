@@ -158,6 +158,7 @@ use rustls_pki_types::pem::PemObject as _;
 pub struct ServerHandle {
     pub addr: SocketAddr,
     pub health: SocketAddr,
+    pub reloader: fluidity::server::ServerReload,
     token: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -189,11 +190,13 @@ pub async fn spawn_server(config: ServerConfig) -> ServerHandle {
     let server = Server::bind(config).await.unwrap();
     let addr = server.local_addr();
     let health = server.health_addr();
+    let reloader = server.reloader();
     let token = CancellationToken::new();
     let task = tokio::spawn(server.run(token.clone()));
     ServerHandle {
         addr,
         health,
+        reloader,
         token,
         task: Some(task),
     }
@@ -434,7 +437,7 @@ pub fn memory_kib() -> (u64, u64) {
 /// - `/never`: no answer ever; anything else: 404.
 pub struct Origin {
     pub addr: SocketAddr,
-    _task: AbortOnDrop,
+    pub _task: AbortOnDrop,
 }
 
 pub struct AbortOnDrop(pub JoinHandle<()>);
@@ -592,7 +595,7 @@ pub async fn spawn_echo() -> Origin {
                 return;
             };
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
+                let mut buf = vec![0u8; 16 * 1024];
                 loop {
                     match stream.read(&mut buf).await {
                         Ok(0) => {
@@ -691,7 +694,7 @@ pub struct Relay {
     epoch: Arc<std::sync::atomic::AtomicU64>,
     cut_below: Arc<tokio::sync::watch::Sender<u64>>,
     frozen_below: Arc<std::sync::atomic::AtomicU64>,
-    _task: AbortOnDrop,
+    pub _task: AbortOnDrop,
 }
 
 impl Relay {
