@@ -19,6 +19,9 @@ pub mod agent;
 pub mod certs;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 pub mod shutdown;
 pub mod tls;

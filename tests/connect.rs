@@ -168,3 +168,32 @@ async fn fast_connect_answers_at_once_and_closes_the_caller_when_the_target_fail
     })
     .await;
 }
+
+#[tokio::test]
+async fn fast_connect_sends_the_first_bytes_before_the_server_has_answered() {
+    within(20, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        let relay = Relay::start(server.addr).await;
+        let mut config = agent_config(&pki, relay.addr);
+        config.fast_connect = true;
+        let agent = spawn_agent(config).await;
+        agent.wait_up().await;
+
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_addr = target.local_addr().unwrap();
+        let received = tokio::spawn(async move {
+            let (mut socket, _) = target.accept().await.unwrap();
+            let mut got = [0u8; 5];
+            socket.read_exact(&mut got).await.unwrap();
+            got
+        });
+        // From now on nothing from the server reaches the agent: not the CONNECT's 200, not anything else. Bytes
+        // the caller sends can only reach the target if they travel without waiting for that answer.
+        relay.freeze_downstream();
+        let mut stream = connect_through(agent.addr, &target_addr.to_string()).await;
+        stream.write_all(b"hello").await.unwrap();
+        assert_eq!(&received.await.unwrap(), b"hello");
+    })
+    .await;
+}

@@ -4,8 +4,7 @@
 //! between attempts, never giving up. The current state is published on a `watch` channel that `/healthz` and the
 //! proxy read. The keeper does not retry requests: a stream in flight when the tunnel drops fails.
 
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
@@ -21,8 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
-    AGENT_PING_INTERVAL, AGENT_PING_TIMEOUT, Body, CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES,
-    PROBE_AUTHORITY, STREAM_WINDOW_BYTES, empty,
+    AGENT_PING_INTERVAL, AGENT_PING_TIMEOUT, CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES,
+    PROBE_AUTHORITY, STREAM_WINDOW_BYTES,
 };
 
 /// First reconnect delay.
@@ -36,7 +35,7 @@ pub(crate) const STABLE_PERIOD: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub(crate) enum TunnelState {
     Down,
-    Up(http2::SendRequest<Body>),
+    Up(h2::client::SendRequest<Bytes>),
 }
 
 impl TunnelState {
@@ -57,7 +56,7 @@ pub(crate) enum ConnectError {
     #[error("TLS handshake failed: {0}")]
     Tls(#[source] io::Error),
     #[error("HTTP/2 handshake failed: {0}")]
-    Http2(#[source] hyper::Error),
+    Http2(#[source] h2::Error),
     #[error("server refused the tunnel: {0}")]
     Probe(String),
 }
@@ -87,8 +86,17 @@ pub(crate) struct Keeper {
     pub(crate) metrics: Arc<AgentMetrics>,
 }
 
+/// Why an established tunnel ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TunnelLost {
+    #[error("{0}")]
+    Connection(#[source] h2::Error),
+    #[error("no answer to a keep-alive ping within {}s", AGENT_PING_TIMEOUT.as_secs())]
+    PingTimeout,
+}
+
 /// Aborts the connection task when the tunnel is replaced or the keeper stops.
-struct AbortOnDrop(JoinHandle<Result<(), hyper::Error>>);
+struct AbortOnDrop(JoinHandle<Result<(), TunnelLost>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -144,7 +152,9 @@ impl Keeper {
         }
     }
 
-    async fn connect_once(&self) -> Result<(http2::SendRequest<Body>, AbortOnDrop), ConnectError> {
+    async fn connect_once(
+        &self,
+    ) -> Result<(h2::client::SendRequest<Bytes>, AbortOnDrop), ConnectError> {
         let limit = self.connect_timeout;
         let timed = |e: tokio::time::error::Elapsed| {
             let _ = e;
@@ -168,25 +178,31 @@ impl Keeper {
             .await
             .map_err(timed)?
             .map_err(ConnectError::Tls)?;
-        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .keep_alive_interval(AGENT_PING_INTERVAL)
-            .keep_alive_timeout(AGENT_PING_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
+            .handshake::<_, Bytes>(tls)
             .await
             .map_err(ConnectError::Http2)?;
-        let mut conn = AbortOnDrop(tokio::spawn(conn));
+        let pings = connection.ping_pong();
+        let mut conn = AbortOnDrop(tokio::spawn(async move {
+            tokio::select! {
+                ended = connection => ended.map_err(TunnelLost::Connection),
+                lost = keep_alive(pings) => Err(lost),
+            }
+        }));
         // TLS 1.3 refuses a client certificate after the handshake: only an answered request proves the tunnel.
         let probe = http::Request::get(format!("http://{PROBE_AUTHORITY}/"))
-            .body(empty())
+            .body(())
             .map_err(|e| ConnectError::Probe(e.to_string()))?;
-        let answered = tokio::time::timeout(limit, sender.send_request(probe))
-            .await
-            .map_err(timed)?;
+        let answered = tokio::time::timeout(limit, async {
+            let mut ready = sender.clone().ready().await?;
+            let (response, _) = ready.send_request(probe, true)?;
+            response.await
+        })
+        .await
+        .map_err(timed)?;
         match answered {
             Ok(response) if response.status() == http::StatusCode::NO_CONTENT => Ok((sender, conn)),
             Ok(response) => Err(ConnectError::Probe(format!(
@@ -202,6 +218,22 @@ impl Keeper {
                     };
                 Err(ConnectError::Probe(reason))
             }
+        }
+    }
+}
+
+/// Pings the server every [`AGENT_PING_INTERVAL`]; returns when an answer takes longer than
+/// [`AGENT_PING_TIMEOUT`] (a link that went silent without closing).
+async fn keep_alive(pings: Option<h2::PingPong>) -> TunnelLost {
+    let Some(mut pings) = pings else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(AGENT_PING_INTERVAL).await;
+        match tokio::time::timeout(AGENT_PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(err)) => return TunnelLost::Connection(err),
+            Err(_) => return TunnelLost::PingTimeout,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! internals: everything it needs is the wire mapping in `tunnel`.
 
 mod keeper;
-mod proxy;
+pub(crate) mod proxy;
+mod stream;
 
 use anyhow::Context as _;
 use hyper::server::conn::http1;

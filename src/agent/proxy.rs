@@ -4,10 +4,14 @@
 //! WebSocket upgrades are proxied as described in `tunnel`. It never follows redirects and never retries a request.
 
 use base64::Engine as _;
+use bytes::Bytes;
+use h2::SendStream;
+use h2::client::ResponseFuture;
 use http::{Method, Request, Response, StatusCode, Version, header};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
@@ -16,6 +20,7 @@ use std::sync::atomic::Ordering;
 use tracing::{Instrument, debug, debug_span, field};
 
 use super::Shared;
+use super::stream::{TunnelBody, TunnelStream, send_body};
 use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
 use crate::config::ProxyAuth;
 use crate::error::{ForwardError, error_response};
@@ -56,11 +61,10 @@ pub(super) async fn handle(
     };
     let span = debug_span!("request", method = %req.method(), target = field::Empty);
     let result = async {
-        let sender = tunnel_sender(&shared)?;
         match kind {
-            StreamKind::Connect => connect(&shared, sender, req).await,
-            StreamKind::Websocket => websocket(&shared, sender, req).await,
-            StreamKind::Http => forward(&shared, sender, req).await,
+            StreamKind::Connect => connect(&shared, req).await,
+            StreamKind::Websocket => websocket(&shared, req).await,
+            StreamKind::Http => forward(&shared, req).await,
         }
     }
     .instrument(span)
@@ -99,7 +103,7 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
 }
 
 /// Checks Basic `Proxy-Authorization` against the configured credential.
-fn authorized(auth: &ProxyAuth, headers: &http::HeaderMap) -> bool {
+pub(crate) fn authorized(auth: &ProxyAuth, headers: &http::HeaderMap) -> bool {
     let Some(credential) = headers
         .get(header::PROXY_AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -122,24 +126,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn tunnel_sender(shared: &Shared) -> Result<http2::SendRequest<Body>, ForwardError> {
-    match &*shared.tunnel.borrow() {
-        super::TunnelState::Up(sender) => Ok(sender.clone()),
-        super::TunnelState::Down => Err(ForwardError::TunnelDown),
-    }
+/// The tunnel's request handle, once it can take a new stream (waits while the server's stream limit is reached).
+async fn tunnel_sender(shared: &Shared) -> Result<h2::client::SendRequest<Bytes>, ForwardError> {
+    let sender = match &*shared.tunnel.borrow() {
+        super::TunnelState::Up(sender) => sender.clone(),
+        super::TunnelState::Down => return Err(ForwardError::TunnelDown),
+    };
+    sender
+        .ready()
+        .await
+        .map_err(|err| ForwardError::Tunnel(err.into()))
 }
 
-/// Opens a CONNECT stream to `authority` on the tunnel. `Err(Ok(response))` carries the server's refusal (403,
-/// 502, 504 with its reason) to hand to the caller as it is.
-async fn open_stream(
-    mut sender: http2::SendRequest<Body>,
+/// Opens a CONNECT stream to `authority`. The request goes out at once; data written to the returned stream
+/// follows it without waiting for the server's answer.
+fn open_stream(
+    sender: &mut h2::client::SendRequest<Bytes>,
     authority: &str,
     kind: StreamKind,
-) -> Result<Result<OnUpgrade, Response<Body>>, ForwardError> {
+) -> Result<(ResponseFuture, SendStream<Bytes>), ForwardError> {
     let mut request = Request::builder()
         .method(Method::CONNECT)
         .uri(authority)
-        .body(empty())
+        .body(())
         .map_err(|_| ForwardError::BadRequest("CONNECT needs host:port"))?;
     if kind == StreamKind::Websocket {
         request.headers_mut().insert(
@@ -147,44 +156,48 @@ async fn open_stream(
             header::HeaderValue::from_static("websocket"),
         );
     }
-    let mut response = sender
-        .send_request(request)
+    sender
+        .send_request(request, false)
+        .map_err(|err| ForwardError::Tunnel(err.into()))
+}
+
+/// Waits for the server's answer to a CONNECT stream: the open stream on `200`, otherwise its refusal (403, 502,
+/// 504 with the reason) as a response to hand to the caller.
+async fn answer(
+    response: ResponseFuture,
+    send: SendStream<Bytes>,
+) -> Result<Result<TunnelStream, Response<Body>>, ForwardError> {
+    let response = response
         .await
         .map_err(|err| ForwardError::Tunnel(err.into()))?;
     if response.status() != StatusCode::OK {
-        return Ok(Err(response.map(BodyExt::boxed)));
+        return Ok(Err(
+            response.map(|recv| TunnelBody::new(recv).map_err(Into::into).boxed())
+        ));
     }
-    Ok(Ok(hyper::upgrade::on(&mut response)))
+    Ok(Ok(TunnelStream::open(send, response.into_body())))
 }
 
 /// Relays bytes between the caller's upgraded connection and the tunnel stream until both sides are done, the
 /// idle limit passes, or shutdown cuts it off.
-fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: OnUpgrade, guard: OpenGuard) {
+fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: TunnelStream, guard: OpenGuard) {
     let task_shared = shared.clone();
     shared.drain.tasks.spawn(
         async move {
-            let (caller, stream) = match tokio::try_join!(caller, stream) {
-                Ok(pair) => pair,
-                Err(err) => {
-                    debug!(error = %err, "upgrade failed");
-                    return;
-                }
-            };
-            relay(&task_shared, caller, stream).await;
+            match caller.await {
+                Ok(caller) => relay(&task_shared, caller, stream).await,
+                Err(err) => debug!(error = %err, "upgrade failed"),
+            }
             drop(guard);
         }
         .in_current_span(),
     );
 }
 
-async fn relay(
-    shared: &Shared,
-    caller: hyper::upgrade::Upgraded,
-    stream: hyper::upgrade::Upgraded,
-) {
+async fn relay(shared: &Shared, caller: hyper::upgrade::Upgraded, stream: TunnelStream) {
     let moved = Moved::default();
     let result = tokio::select! {
-        result = splice(TokioIo::new(caller), TokioIo::new(stream), shared.config.idle_timeout, &moved) => result,
+        result = splice(TokioIo::new(caller), stream, shared.config.idle_timeout, &moved) => result,
         () = shared.drain.kill.cancelled() => Ok(()),
     };
     shared
@@ -203,11 +216,11 @@ async fn relay(
     }
 }
 
-/// `CONNECT host:port`: a CONNECT stream on the tunnel; the caller gets `200` once the server has connected (or at
-/// once with `fast_connect`).
+/// `CONNECT host:port`: a CONNECT stream on the tunnel. The caller gets `200` once the server has connected, or at
+/// once with `fast_connect`, in which case the caller's first bytes travel right behind the CONNECT request (no
+/// round trip lost) and a target that fails closes the caller's connection.
 async fn connect(
     shared: &Arc<Shared>,
-    sender: http2::SendRequest<Body>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
     let authority = req
@@ -219,31 +232,15 @@ async fn connect(
         parse_target(&authority, None).map_err(|e| ForwardError::BadRequest(e.reason()))?;
     tracing::Span::current().record("target", field::display(&target));
     let caller = hyper::upgrade::on(&mut req);
-    if shared.config.fast_connect {
-        // Answer at once; if the target then fails, the caller's connection is closed.
-        let task_shared = shared.clone();
-        shared.drain.tasks.spawn(
-            async move {
-                let guard = task_shared.metrics.stream_opened(StreamKind::Connect);
-                match open_stream(sender, &authority, StreamKind::Connect).await {
-                    Ok(Ok(stream)) => match tokio::try_join!(caller, stream) {
-                        Ok((caller, stream)) => relay(&task_shared, caller, stream).await,
-                        Err(err) => debug!(error = %err, "upgrade failed"),
-                    },
-                    Ok(Err(refusal)) => {
-                        debug!(status = %refusal.status(), "target refused, closing caller")
-                    }
-                    Err(err) => debug!(error = %err, "stream failed, closing caller"),
-                }
-                drop(guard);
-            }
-            .in_current_span(),
-        );
-        return Ok(Response::new(empty()));
-    }
-    let stream = match open_stream(sender, &authority, StreamKind::Connect).await? {
-        Ok(stream) => stream,
-        Err(refusal) => return Ok(refusal),
+    let mut sender = tunnel_sender(shared).await?;
+    let (response, send) = open_stream(&mut sender, &authority, StreamKind::Connect)?;
+    let stream = if shared.config.fast_connect {
+        TunnelStream::awaiting(send, response)
+    } else {
+        match answer(response, send).await? {
+            Ok(stream) => stream,
+            Err(refusal) => return Ok(refusal),
+        }
     };
     let guard = shared.metrics.stream_opened(StreamKind::Connect);
     spawn_splice(shared, caller, stream, guard);
@@ -254,7 +251,6 @@ async fn connect(
 /// target's answer (the `101` or a refusal) goes back to the caller, and then the frames, untouched.
 async fn websocket(
     shared: &Arc<Shared>,
-    sender: http2::SendRequest<Body>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
     let authority = req
@@ -266,14 +262,13 @@ async fn websocket(
         parse_target(&authority, Some(80)).map_err(|e| ForwardError::BadRequest(e.reason()))?;
     tracing::Span::current().record("target", field::display(&target));
     let caller = hyper::upgrade::on(&mut req);
-    let stream = match open_stream(sender, &target.to_string(), StreamKind::Websocket).await? {
+    let mut sender = tunnel_sender(shared).await?;
+    let (response, send) = open_stream(&mut sender, &target.to_string(), StreamKind::Websocket)?;
+    let stream = match answer(response, send).await? {
         Ok(stream) => stream,
         Err(refusal) => return Ok(refusal),
     };
-    let io = stream
-        .await
-        .map_err(|err| ForwardError::Tunnel(err.into()))?;
-    let (mut origin, conn) = http1::handshake::<_, Body>(io)
+    let (mut origin, conn) = http1::handshake::<_, Body>(TokioIo::new(stream))
         .await
         .map_err(|err| ForwardError::Upstream(err.into()))?;
     let kill = shared.drain.kill.clone();
@@ -307,11 +302,38 @@ async fn websocket(
         .await
         .map_err(|err| ForwardError::Upstream(err.into()))?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(response.map(BodyExt::boxed));
+        return Ok(response.map(|body| body.map_err(Into::into).boxed()));
     }
     let upstream = hyper::upgrade::on(&mut response);
     let guard = shared.metrics.stream_opened(StreamKind::Websocket);
-    spawn_splice(shared, caller, upstream, guard);
+    let task_shared = shared.clone();
+    shared.drain.tasks.spawn(
+        async move {
+            match tokio::try_join!(caller, upstream) {
+                Ok((caller, upstream)) => {
+                    let moved = Moved::default();
+                    let result = tokio::select! {
+                        result = splice(
+                            TokioIo::new(caller),
+                            TokioIo::new(upstream),
+                            task_shared.config.idle_timeout,
+                            &moved,
+                        ) => result,
+                        () = task_shared.drain.kill.cancelled() => Ok(()),
+                    };
+                    let bytes = &task_shared.metrics.bytes;
+                    bytes.up.inc_by(moved.a_to_b.load(Ordering::Relaxed));
+                    bytes.down.inc_by(moved.b_to_a.load(Ordering::Relaxed));
+                    if let Err(err) = result {
+                        debug!(error = %err, "websocket ended");
+                    }
+                }
+                Err(err) => debug!(error = %err, "upgrade failed"),
+            }
+            drop(guard);
+        }
+        .in_current_span(),
+    );
     let (parts, _) = response.into_parts();
     Ok(Response::from_parts(parts, empty()))
 }
@@ -320,7 +342,6 @@ async fn websocket(
 /// bodies streamed both ways.
 async fn forward(
     shared: &Arc<Shared>,
-    mut sender: http2::SendRequest<Body>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
@@ -341,16 +362,42 @@ async fn forward(
     // hyper has already answered `Expect: 100-continue` to the caller.
     parts.headers.remove(header::EXPECT);
     parts.version = Version::HTTP_2;
-    let body = Counted::new(body, shared.metrics.bytes.up.clone(), None).boxed();
-    let response = sender
-        .send_request(Request::from_parts(parts, body))
+    let mut sender = tunnel_sender(shared).await?;
+    let no_body = body.is_end_stream();
+    let (response, send) = sender
+        .send_request(Request::from_parts(parts, ()), no_body)
+        .map_err(|err| ForwardError::Tunnel(err.into()))?;
+    if !no_body {
+        let task_shared = shared.clone();
+        shared.drain.tasks.spawn(
+            async move {
+                tokio::select! {
+                    sent = send_body(body, send) => match sent {
+                        Ok(bytes) => {
+                            task_shared.metrics.bytes.up.inc_by(bytes);
+                        }
+                        Err(err) => debug!(error = %err, "request body not sent whole"),
+                    },
+                    () = task_shared.drain.kill.cancelled() => {}
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    let response = response
         .await
         .map_err(|err| ForwardError::Tunnel(err.into()))?;
-    let (mut parts, body) = response.into_parts();
+    let (mut parts, recv) = response.into_parts();
     strip_hop_headers(&mut parts.headers);
     parts.version = Version::HTTP_11;
     let guard = shared.metrics.stream_opened(StreamKind::Http);
-    let body = Counted::new(body, shared.metrics.bytes.down.clone(), Some(guard)).boxed();
+    let body = Counted::new(
+        TunnelBody::new(recv),
+        shared.metrics.bytes.down.clone(),
+        Some(guard),
+    )
+    .map_err(Into::into)
+    .boxed();
     Ok(Response::from_parts(parts, body))
 }
 

@@ -155,7 +155,9 @@ async fn forward(
     parts.headers.remove(header::HOST);
     parts.version = Version::HTTP_11;
     let guard = shared.metrics.stream_opened(StreamKind::Http);
-    let body = Counted::new(body, shared.metrics.bytes.up.clone(), None).boxed();
+    let body = Counted::new(body, shared.metrics.bytes.up.clone(), None)
+        .map_err(Into::into)
+        .boxed();
     let pending = shared.client.request(Request::from_parts(parts, body));
     let response = match shared.config.idle_timeout {
         Some(limit) => tokio::time::timeout(limit, pending)
@@ -166,6 +168,8 @@ async fn forward(
     .map_err(|err| classify_target_error(&err))?;
     let (mut parts, body) = response.into_parts();
     strip_hop_headers(&mut parts.headers);
-    let body = Counted::new(body, shared.metrics.bytes.down.clone(), Some(guard)).boxed();
+    let body = Counted::new(body, shared.metrics.bytes.down.clone(), Some(guard))
+        .map_err(Into::into)
+        .boxed();
     Ok(Response::from_parts(parts, body))
 }

@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
 use std::time::Duration;
 
 /// The body type of every request and response Fluidity builds or relays.
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, crate::error::BoxError>;
 
 /// `:authority` of the liveness probe. `.invalid` is reserved (RFC 2606) and port 0 is never a target.
 pub(crate) const PROBE_AUTHORITY: &str = "fluidity.invalid:0";

@@ -694,6 +694,8 @@ pub struct Relay {
     epoch: Arc<std::sync::atomic::AtomicU64>,
     cut_below: Arc<tokio::sync::watch::Sender<u64>>,
     frozen_below: Arc<std::sync::atomic::AtomicU64>,
+    /// Like `frozen_below`, for the upstream → client direction only.
+    frozen_down_below: Arc<std::sync::atomic::AtomicU64>,
     pub _task: AbortOnDrop,
 }
 
@@ -705,7 +707,9 @@ impl Relay {
         let epoch = Arc::new(AtomicU64::new(0));
         let cut_below = Arc::new(tokio::sync::watch::channel(0u64).0);
         let frozen_below = Arc::new(AtomicU64::new(0));
+        let frozen_down_below = Arc::new(AtomicU64::new(0));
         let (epoch_t, cut_t, frozen_t) = (epoch.clone(), cut_below.clone(), frozen_below.clone());
+        let frozen_down_t = frozen_down_below.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
@@ -717,6 +721,7 @@ impl Relay {
                 let mine = epoch_t.load(Ordering::SeqCst);
                 let mut cut = cut_t.subscribe();
                 let frozen = frozen_t.clone();
+                let frozen_down = frozen_down_t.clone();
                 tokio::spawn(async move {
                     let (a_read, a_write) = inbound.into_split();
                     let (b_read, b_write) = outbound.into_split();
@@ -726,6 +731,7 @@ impl Relay {
                     });
                     let down = pump(b_read, a_write, move || {
                         frozen2.load(Ordering::SeqCst) > mine
+                            || frozen_down.load(Ordering::SeqCst) > mine
                     });
                     tokio::select! {
                         () = async { tokio::join!(up, down); } => {}
@@ -739,8 +745,16 @@ impl Relay {
             epoch,
             cut_below,
             frozen_below,
+            frozen_down_below,
             _task: AbortOnDrop(task),
         }
+    }
+
+    /// Makes every connection relayed so far one-way: bytes still go upstream, nothing comes back.
+    pub fn freeze_downstream(&self) {
+        let next = self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.frozen_down_below
+            .store(next, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Closes every connection relayed so far.
