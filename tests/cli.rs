@@ -778,3 +778,79 @@ fn up_prints_the_proxy_address_writes_certs_serves_healthz_and_exits_0_on_sigint
     let done = up.wait_exit(EXIT_TIMEOUT);
     assert_exit_code(&done, 0);
 }
+
+#[test]
+fn sighup_reloads_the_crl_and_closes_a_revoked_agents_tunnel() {
+    let tmp = TempDir::new().unwrap();
+    let certs = certs_init(tmp.path());
+    // The server needs a CRL to start with one: revoke an unrelated client first.
+    let issued = run(fluidity(tmp.path())
+        .args(["certs", "issue", "--client", "spare", "--ca-dir"])
+        .arg(&certs)
+        .arg("--out")
+        .arg(&certs));
+    assert_exit_code(&issued, 0);
+    let revoked = run(fluidity(tmp.path())
+        .args(["certs", "revoke", "--ca-dir"])
+        .arg(&certs)
+        .arg("--cert")
+        .arg(certs.join("spare.crt")));
+    assert_exit_code(&revoked, 0);
+
+    let tunnel_port = free_port();
+    let health = loopback(free_port());
+    let mut server = Proc::spawn(
+        fluidity(tmp.path())
+            .env("FLUIDITY_HEALTH_ADDR", health.to_string())
+            .args(["server", "--listen-addr", "127.0.0.1", "--listen-port"])
+            .arg(tunnel_port.to_string())
+            .arg("--cert-file")
+            .arg(certs.join("server.crt"))
+            .arg("--key-file")
+            .arg(certs.join("server.key"))
+            .arg("--ca-cert-file")
+            .arg(certs.join("ca.crt"))
+            .arg("--crl-file")
+            .arg(certs.join("crl.pem")),
+    );
+    server.wait_for_status(health, "/healthz", 200);
+    let proxy = loopback(free_port());
+    let mut agent = Proc::spawn(
+        fluidity(tmp.path())
+            .args(["agent", "--server-ip", "127.0.0.1", "--server-port"])
+            .arg(tunnel_port.to_string())
+            .arg("--local-proxy-port")
+            .arg(proxy.port().to_string())
+            .arg("--cert-file")
+            .arg(certs.join("client.crt"))
+            .arg("--key-file")
+            .arg(certs.join("client.key"))
+            .arg("--ca-cert-file")
+            .arg(certs.join("ca.crt")),
+    );
+    agent.wait_for_status(proxy, "/healthz", 200);
+
+    let revoked = run(fluidity(tmp.path())
+        .args(["certs", "revoke", "--ca-dir"])
+        .arg(&certs)
+        .arg("--cert")
+        .arg(certs.join("client.crt")));
+    assert_exit_code(&revoked, 0);
+    server.signal("HUP");
+    agent.wait_for_status(proxy, "/healthz", 503);
+    server.wait_for(
+        "the reload and the closed tunnel in the log",
+        READY_TIMEOUT,
+        |p| {
+            let log = p.stderr();
+            (log.contains("certificates reloaded") && log.contains("certificate revoked"))
+                .then_some(())
+        },
+    );
+    server.assert_running();
+
+    server.signal("TERM");
+    agent.signal("TERM");
+    assert_exit_code(&server.wait_exit(EXIT_TIMEOUT), 0);
+    assert_exit_code(&agent.wait_exit(EXIT_TIMEOUT), 0);
+}
