@@ -132,18 +132,20 @@ async fn a_silent_link_is_detected_by_keepalive_and_replaced() {
         let pki = TestPki::new();
         let server = spawn_server(server_config(&pki)).await;
         let relay = Relay::start(server.addr).await;
-        let agent = spawn_agent(agent_config(&pki, relay.addr)).await;
+        let mut config = agent_config(&pki, relay.addr);
+        config.keepalive = Duration::from_secs(1);
+        let agent = spawn_agent(config).await;
         agent.wait_up().await;
         relay.freeze();
         let started = std::time::Instant::now();
         let addr = agent.addr;
-        // Ping every 5 s, 5 s to answer: the dead link is noticed within about 10 s and a new tunnel is built.
+        // A ping every second, a second to answer: the dead link is noticed within about 2 s and replaced.
         eventually(20, "a second tunnel", || async move {
             metric(addr, "fluidity_agent_tunnel_connects_total").await == Some(2.0)
         })
         .await;
         assert!(
-            started.elapsed() < Duration::from_secs(15),
+            started.elapsed() < Duration::from_secs(5),
             "took {:?}",
             started.elapsed()
         );

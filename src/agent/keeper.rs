@@ -20,8 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
-    AGENT_PING_INTERVAL, AGENT_PING_TIMEOUT, CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES,
-    PROBE_AUTHORITY, STREAM_WINDOW_BYTES,
+    CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY, STREAM_WINDOW_BYTES,
 };
 
 /// First reconnect delay.
@@ -81,6 +80,8 @@ pub(crate) struct Keeper {
     pub(crate) server_host: String,
     pub(crate) server_port: u16,
     pub(crate) connect_timeout: Duration,
+    /// Ping interval on the tunnel, and how long an answer may take.
+    pub(crate) keepalive: Duration,
     pub(crate) tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
     pub(crate) state: watch::Sender<TunnelState>,
     pub(crate) metrics: Arc<AgentMetrics>,
@@ -91,7 +92,7 @@ pub(crate) struct Keeper {
 pub(crate) enum TunnelLost {
     #[error("{0}")]
     Connection(#[source] h2::Error),
-    #[error("no answer to a keep-alive ping within {}s", AGENT_PING_TIMEOUT.as_secs())]
+    #[error("no answer to a keep-alive ping in time")]
     PingTimeout,
 }
 
@@ -186,10 +187,11 @@ impl Keeper {
             .await
             .map_err(ConnectError::Http2)?;
         let pings = connection.ping_pong();
+        let keepalive = self.keepalive;
         let mut conn = AbortOnDrop(tokio::spawn(async move {
             tokio::select! {
                 ended = connection => ended.map_err(TunnelLost::Connection),
-                lost = keep_alive(pings) => Err(lost),
+                lost = keep_alive(pings, keepalive) => Err(lost),
             }
         }));
         // TLS 1.3 refuses a client certificate after the handshake: only an answered request proves the tunnel.
@@ -222,15 +224,15 @@ impl Keeper {
     }
 }
 
-/// Pings the server every [`AGENT_PING_INTERVAL`]; returns when an answer takes longer than
-/// [`AGENT_PING_TIMEOUT`] (a link that went silent without closing).
-async fn keep_alive(pings: Option<h2::PingPong>) -> TunnelLost {
+/// Pings the server every `every`; returns when an answer takes longer than that (a link that went silent
+/// without closing).
+async fn keep_alive(pings: Option<h2::PingPong>, every: Duration) -> TunnelLost {
     let Some(mut pings) = pings else {
         return std::future::pending().await;
     };
     loop {
-        tokio::time::sleep(AGENT_PING_INTERVAL).await;
-        match tokio::time::timeout(AGENT_PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(every, pings.ping(h2::Ping::opaque())).await {
             Ok(Ok(_pong)) => {}
             Ok(Err(err)) => return TunnelLost::Connection(err),
             Err(_) => return TunnelLost::PingTimeout,

@@ -108,6 +108,7 @@ impl Agent {
             server_host: config.server_host.clone(),
             server_port: config.server_port,
             connect_timeout: config.connect_timeout,
+            keepalive: config.keepalive,
             tls: Arc::new(RwLock::new(tls_config)),
             state,
             metrics: metrics.clone(),

@@ -13,11 +13,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    DEFAULT_AGENT_CERT_FILE, DEFAULT_AGENT_KEY_FILE, DEFAULT_AGENT_LISTEN_ADDR,
-    DEFAULT_CA_CERT_FILE, DEFAULT_CONNECT_TIMEOUT_SECS, DEFAULT_HEADER_READ_TIMEOUT_SECS,
-    DEFAULT_HEALTH_ADDR, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_LISTEN_PORT, DEFAULT_LOCAL_PROXY_PORT,
-    DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_STREAMS_PER_AGENT,
-    DEFAULT_RATE_LIMIT_PER_AGENT, DEFAULT_SERVER_CERT_FILE, DEFAULT_SERVER_KEY_FILE,
+    DEFAULT_AGENT_CERT_FILE, DEFAULT_AGENT_KEEPALIVE_SECS, DEFAULT_AGENT_KEY_FILE,
+    DEFAULT_AGENT_LISTEN_ADDR, DEFAULT_CA_CERT_FILE, DEFAULT_CONNECT_TIMEOUT_SECS,
+    DEFAULT_HEADER_READ_TIMEOUT_SECS, DEFAULT_HEALTH_ADDR, DEFAULT_IDLE_TIMEOUT_SECS,
+    DEFAULT_LISTEN_PORT, DEFAULT_LOCAL_PROXY_PORT, DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_STREAMS_PER_AGENT, DEFAULT_RATE_LIMIT_PER_AGENT,
+    DEFAULT_SERVER_CERT_FILE, DEFAULT_SERVER_KEEPALIVE_SECS, DEFAULT_SERVER_KEY_FILE,
     DEFAULT_SERVER_LISTEN_ADDR, DEFAULT_SERVER_PORT, DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS, LogFormat,
     ProxyAuth,
 };
@@ -113,6 +114,11 @@ pub struct AgentLayer {
     #[arg(long, value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
+    /// Ping the server after this many quiet seconds and drop the tunnel if the answer takes as long (a dead link
+    /// is noticed within twice this) [default: 5] [env: FLUIDITY_KEEPALIVE_SECS]
+    #[arg(long, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_secs: Option<u64>,
     /// Seconds a caller has to send its whole request head, 1 to 300 [default: 30]
     /// [env: FLUIDITY_HEADER_READ_TIMEOUT_SECS]
     #[arg(long, value_name = "SECS")]
@@ -138,6 +144,7 @@ impl AgentLayer {
             allow_open_proxy: Some(false),
             connect_timeout_secs: Some(DEFAULT_CONNECT_TIMEOUT_SECS),
             idle_timeout_secs: Some(DEFAULT_IDLE_TIMEOUT_SECS),
+            keepalive_secs: Some(DEFAULT_AGENT_KEEPALIVE_SECS),
             header_read_timeout_secs: Some(DEFAULT_HEADER_READ_TIMEOUT_SECS),
         }
     }
@@ -159,6 +166,7 @@ impl Layer for AgentLayer {
         "allow_open_proxy",
         "connect_timeout_secs",
         "idle_timeout_secs",
+        "keepalive_secs",
         "header_read_timeout_secs",
     ];
     const LIST_KEYS: &'static [&'static str] = &[];
@@ -181,6 +189,7 @@ impl Layer for AgentLayer {
             allow_open_proxy,
             connect_timeout_secs,
             idle_timeout_secs,
+            keepalive_secs,
             header_read_timeout_secs,
         } = self;
         Self {
@@ -198,6 +207,7 @@ impl Layer for AgentLayer {
             allow_open_proxy: allow_open_proxy.or(lower.allow_open_proxy),
             connect_timeout_secs: connect_timeout_secs.or(lower.connect_timeout_secs),
             idle_timeout_secs: idle_timeout_secs.or(lower.idle_timeout_secs),
+            keepalive_secs: keepalive_secs.or(lower.keepalive_secs),
             header_read_timeout_secs: header_read_timeout_secs.or(lower.header_read_timeout_secs),
         }
     }
@@ -293,6 +303,11 @@ pub struct ServerLayer {
     #[arg(long, value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
+    /// Ping an agent every this many seconds and drop its tunnel if the answer takes as long [default: 20]
+    /// [env: FLUIDITY_KEEPALIVE_SECS]
+    #[arg(long, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_secs: Option<u64>,
     /// Seconds an agent has to complete the TLS handshake [default: 10]
     /// [env: FLUIDITY_TLS_HANDSHAKE_TIMEOUT_SECS]
     #[arg(long, value_name = "SECS")]
@@ -323,6 +338,7 @@ impl ServerLayer {
             allow_targets: Some(Vec::new()),
             connect_timeout_secs: Some(DEFAULT_CONNECT_TIMEOUT_SECS),
             idle_timeout_secs: Some(DEFAULT_IDLE_TIMEOUT_SECS),
+            keepalive_secs: Some(DEFAULT_SERVER_KEEPALIVE_SECS),
             tls_handshake_timeout_secs: Some(DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
         }
     }
@@ -348,6 +364,7 @@ impl Layer for ServerLayer {
         "allow_targets",
         "connect_timeout_secs",
         "idle_timeout_secs",
+        "keepalive_secs",
         "tls_handshake_timeout_secs",
     ];
     const LIST_KEYS: &'static [&'static str] = &["deny_targets", "allow_targets"];
@@ -374,6 +391,7 @@ impl Layer for ServerLayer {
             allow_targets,
             connect_timeout_secs,
             idle_timeout_secs,
+            keepalive_secs,
             tls_handshake_timeout_secs,
         } = self;
         Self {
@@ -395,6 +413,7 @@ impl Layer for ServerLayer {
             allow_targets: allow_targets.or(lower.allow_targets),
             connect_timeout_secs: connect_timeout_secs.or(lower.connect_timeout_secs),
             idle_timeout_secs: idle_timeout_secs.or(lower.idle_timeout_secs),
+            keepalive_secs: keepalive_secs.or(lower.keepalive_secs),
             tls_handshake_timeout_secs: tls_handshake_timeout_secs
                 .or(lower.tls_handshake_timeout_secs),
         }

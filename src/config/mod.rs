@@ -78,6 +78,10 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
 /// Both: default `connect_timeout_secs`.
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+/// Agent: default `keepalive_secs` (ping interval and answer deadline on the tunnel).
+pub const DEFAULT_AGENT_KEEPALIVE_SECS: u64 = 5;
+/// Server: default `keepalive_secs`.
+pub const DEFAULT_SERVER_KEEPALIVE_SECS: u64 = 20;
 /// Both: default `idle_timeout_secs` (0 = off).
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 
@@ -233,6 +237,8 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Close a stream with no bytes moving for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Ping interval on the tunnel, and how long an answer may take.
+    pub keepalive: Duration,
     /// Limit for a caller to send its request head.
     pub header_read_timeout: Duration,
 }
@@ -251,6 +257,7 @@ impl AgentConfig {
             allow_open_proxy: false,
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             idle_timeout: idle_timeout(DEFAULT_IDLE_TIMEOUT_SECS),
+            keepalive: Duration::from_secs(DEFAULT_AGENT_KEEPALIVE_SECS),
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
         }
     }
@@ -287,6 +294,8 @@ pub struct ServerConfig {
     pub connect_timeout: Duration,
     /// Close a stream with no bytes moving for this long; `None` = never.
     pub idle_timeout: Option<Duration>,
+    /// Ping interval on agent tunnels, and how long an answer may take.
+    pub keepalive: Duration,
     /// Limit for an agent's TLS handshake.
     pub tls_handshake_timeout: Duration,
 }
@@ -309,6 +318,7 @@ impl ServerConfig {
             allow_targets: Vec::new(),
             connect_timeout: Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
             idle_timeout: idle_timeout(DEFAULT_IDLE_TIMEOUT_SECS),
+            keepalive: Duration::from_secs(DEFAULT_SERVER_KEEPALIVE_SECS),
             tls_handshake_timeout: Duration::from_secs(DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
         }
     }

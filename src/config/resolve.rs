@@ -21,6 +21,17 @@ fn required<T>(value: Option<T>, key: &'static str, origins: &Origins) -> Result
     value.ok_or_else(|| origins.missing(key))
 }
 
+/// A required number of seconds that must be greater than 0, as a duration.
+fn positive_secs(
+    value: Option<u64>,
+    key: &'static str,
+    origins: &Origins,
+) -> Result<Duration, ConfigError> {
+    let secs = required(value, key, origins)?;
+    check_positive(secs, key, origins)?;
+    Ok(Duration::from_secs(secs))
+}
+
 /// A level word, or something that looks like a filter directive (`target=level`, or a list).
 fn check_log_level(level: &str, origins: &Origins) -> Result<(), ConfigError> {
     let word = LOG_LEVEL_WORDS
@@ -94,6 +105,7 @@ pub(crate) fn resolve_agent(
         allow_open_proxy,
         connect_timeout_secs,
         idle_timeout_secs,
+        keepalive_secs,
         header_read_timeout_secs,
     } = merged;
 
@@ -150,6 +162,7 @@ pub(crate) fn resolve_agent(
         allow_open_proxy,
         connect_timeout: Duration::from_secs(connect_timeout_secs),
         idle_timeout: idle_timeout(required(idle_timeout_secs, "idle_timeout_secs", origins)?),
+        keepalive: positive_secs(keepalive_secs, "keepalive_secs", origins)?,
         header_read_timeout: Duration::from_secs(header_read_timeout_secs),
     })
 }
@@ -181,6 +194,7 @@ pub(crate) fn resolve_server(
         allow_targets,
         connect_timeout_secs,
         idle_timeout_secs,
+        keepalive_secs,
         tls_handshake_timeout_secs,
     } = merged;
 
@@ -248,6 +262,7 @@ pub(crate) fn resolve_server(
         allow_targets,
         connect_timeout: Duration::from_secs(connect_timeout_secs),
         idle_timeout: idle_timeout(required(idle_timeout_secs, "idle_timeout_secs", origins)?),
+        keepalive: positive_secs(keepalive_secs, "keepalive_secs", origins)?,
         tls_handshake_timeout: Duration::from_secs(tls_handshake_timeout_secs),
     })
 }

@@ -29,10 +29,7 @@ use crate::config::ServerConfig;
 use crate::metrics::ServerMetrics;
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
-use crate::tunnel::{
-    Body, CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES, SERVER_PING_INTERVAL, SERVER_PING_TIMEOUT,
-    STREAM_WINDOW_BYTES,
-};
+use crate::tunnel::{Body, CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES, STREAM_WINDOW_BYTES};
 use dial::{Dialer, TargetConnector};
 use guard::HandshakeGuard;
 use policy::TargetPolicy;
@@ -335,8 +332,8 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_concurrent_streams(shared.config.max_streams_per_agent)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .keep_alive_interval(SERVER_PING_INTERVAL)
-        .keep_alive_timeout(SERVER_PING_TIMEOUT)
+        .keep_alive_interval(shared.config.keepalive)
+        .keep_alive_timeout(shared.config.keepalive)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let drain = &shared.drain;

@@ -27,7 +27,6 @@ pub(crate) mod splice;
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
-use std::time::Duration;
 
 /// The body type of every request and response Fluidity builds or relays.
 pub(crate) type Body = BoxBody<Bytes, crate::error::BoxError>;
@@ -53,13 +52,6 @@ pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
 /// Largest request or response head either role accepts; beyond it the agent answers 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// HTTP/2 keep-alive: how often the agent pings an otherwise quiet tunnel, and how long it waits for the answer.
-pub(crate) const AGENT_PING_INTERVAL: Duration = Duration::from_secs(5);
-pub(crate) const AGENT_PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// The server pings less often: it only needs to free state of agents that vanished.
-pub(crate) const SERVER_PING_INTERVAL: Duration = Duration::from_secs(20);
-pub(crate) const SERVER_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An empty body.
 pub(crate) fn empty() -> Body {
