@@ -22,14 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::config::AgentConfig;
-use crate::metrics::AgentMetrics;
+use crate::metrics::{AgentMetrics, record_cert_expiry, watch_cert_expiry};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::MAX_HEADER_BYTES;
 use keeper::{Keeper, TunnelState};
 
-/// How often certificate expiry is checked (and warned about) while running.
-const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Pause after a failed `accept()` (out of descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -65,7 +63,11 @@ impl AgentReload {
             Ok(mut guard) => *guard = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
-        update_expiry(&self.config, &self.metrics);
+        record_cert_expiry(
+            &self.config.tls.cert_file,
+            &self.metrics.cert_expiry_seconds,
+            "agent",
+        );
         info!("certificates reloaded");
         Ok(())
     }
@@ -79,18 +81,6 @@ fn load_tls(config: &AgentConfig) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     )?)
 }
 
-fn update_expiry(config: &AgentConfig, metrics: &AgentMetrics) {
-    if let Ok(seconds) = tls::seconds_to_expiry(&config.tls.cert_file) {
-        metrics.cert_expiry_seconds.set(seconds);
-        if seconds < 30 * 24 * 3600 {
-            warn!(
-                days = seconds / 86_400,
-                "agent certificate expires within 30 days"
-            );
-        }
-    }
-}
-
 impl Agent {
     /// Loads and checks the TLS material, then binds the proxy port.
     ///
@@ -102,7 +92,7 @@ impl Agent {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let metrics = Arc::new(AgentMetrics::new());
-        update_expiry(&config, &metrics);
+        record_cert_expiry(&config.tls.cert_file, &metrics.cert_expiry_seconds, "agent");
         let (state, tunnel) = watch::channel(TunnelState::Down);
         let keeper = Keeper {
             server_host: config.server_host.clone(),
@@ -153,17 +143,12 @@ impl Agent {
         let shared = self.shared;
         let keeper_stop = CancellationToken::new();
         let keeper_task = tokio::spawn(self.keeper.run(keeper_stop.clone()));
-        let expiry_shared = shared.clone();
-        shared.drain.tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = expiry_shared.drain.graceful.cancelled() => return,
-                    () = tokio::time::sleep(EXPIRY_CHECK_INTERVAL) => {
-                        update_expiry(&expiry_shared.config, &expiry_shared.metrics);
-                    }
-                }
-            }
-        });
+        watch_cert_expiry(
+            &shared.drain,
+            shared.config.tls.cert_file.clone(),
+            shared.metrics.cert_expiry_seconds.clone(),
+            "agent",
+        );
         info!(addr = %self.listener.local_addr()?, "agent listening");
         let mut next_id: u64 = 0;
         loop {

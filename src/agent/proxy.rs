@@ -29,7 +29,7 @@ use crate::tunnel::authority::parse_target;
 use crate::tunnel::body::Counted;
 use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
 use crate::tunnel::splice::{Moved, splice};
-use crate::tunnel::{Body, STREAM_KIND_HEADER, empty, text_response};
+use crate::tunnel::{Body, STREAM_KIND_HEADER, empty, plain_http_target, text_response};
 
 /// Serves one caller request.
 pub(super) async fn handle(
@@ -345,18 +345,7 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
-    if parts.uri.scheme_str() != Some("http") {
-        return Err(ForwardError::BadRequest(
-            "only http:// URLs can be proxied as plain requests; use CONNECT for https",
-        ));
-    }
-    let authority = parts
-        .uri
-        .authority()
-        .ok_or(ForwardError::BadRequest("URL has no host"))?;
-    let target = parse_target(authority.as_str(), Some(80))
-        .map_err(|e| ForwardError::BadRequest(e.reason()))?;
-    tracing::Span::current().record("target", field::display(&target));
+    plain_http_target(&parts.uri)?;
     strip_hop_headers(&mut parts.headers);
     parts.headers.remove(header::HOST);
     // hyper has already answered `Expect: 100-continue` to the caller.

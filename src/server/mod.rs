@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::ServerConfig;
-use crate::metrics::ServerMetrics;
+use crate::metrics::{ServerMetrics, record_cert_expiry, watch_cert_expiry};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::{Body, CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES, STREAM_WINDOW_BYTES};
@@ -38,8 +38,6 @@ use policy::TargetPolicy;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle pooled connections kept per target.
 const POOL_MAX_IDLE_PER_HOST: usize = 32;
-/// How often certificate expiry is checked (and warned about) while running.
-const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Pause after a failed `accept()` (out of descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -86,7 +84,11 @@ impl ServerReload {
             Ok(mut guard) => *guard = acceptor,
             Err(poisoned) => *poisoned.into_inner() = acceptor,
         }
-        update_expiry(config, &self.0.metrics);
+        record_cert_expiry(
+            &config.tls.cert_file,
+            &self.0.metrics.cert_expiry_seconds,
+            "server",
+        );
         info!("certificates reloaded");
         if let Some(crl) = &config.crl_file {
             let revoked = tls::revoked_serials(crl)?;
@@ -108,18 +110,6 @@ fn load_tls(config: &ServerConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> 
         &config.tls.ca_cert_file,
         config.crl_file.as_deref(),
     )?)
-}
-
-fn update_expiry(config: &ServerConfig, metrics: &ServerMetrics) {
-    if let Ok(seconds) = tls::seconds_to_expiry(&config.tls.cert_file) {
-        metrics.cert_expiry_seconds.set(seconds);
-        if seconds < 30 * 24 * 3600 {
-            warn!(
-                days = seconds / 86_400,
-                "server certificate expires within 30 days"
-            );
-        }
-    }
 }
 
 impl Server {
@@ -153,7 +143,11 @@ impl Server {
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         let metrics = ServerMetrics::new();
-        update_expiry(&config, &metrics);
+        record_cert_expiry(
+            &config.tls.cert_file,
+            &metrics.cert_expiry_seconds,
+            "server",
+        );
         Ok(Self {
             listener,
             health,
@@ -211,17 +205,12 @@ impl Server {
             move |req| service::admin(&admin_shared, req),
             drain.clone(),
         ));
-        let expiry_shared = shared.clone();
-        drain.tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = expiry_shared.drain.graceful.cancelled() => return,
-                    () = tokio::time::sleep(EXPIRY_CHECK_INTERVAL) => {
-                        update_expiry(&expiry_shared.config, &expiry_shared.metrics);
-                    }
-                }
-            }
-        });
+        watch_cert_expiry(
+            &shared.drain,
+            shared.config.tls.cert_file.clone(),
+            shared.metrics.cert_expiry_seconds.clone(),
+            "server",
+        );
         let local = self.listener.local_addr()?;
         info!(addr = %local, health = %health_addr, "server listening");
         let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));

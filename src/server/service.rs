@@ -2,7 +2,6 @@
 //! pooled client. Errors become responses through `error::error_response`.
 
 use governor::clock::{Clock, DefaultClock};
-use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -19,7 +18,9 @@ use crate::tunnel::authority::parse_target;
 use crate::tunnel::body::Counted;
 use crate::tunnel::headers::strip_hop_headers;
 use crate::tunnel::splice::{Moved, splice};
-use crate::tunnel::{Body, PROBE_AUTHORITY, STREAM_KIND_HEADER, empty, text_response};
+use crate::tunnel::{
+    Body, PROBE_AUTHORITY, STREAM_KIND_HEADER, empty, plain_http_target, text_response,
+};
 
 /// Answers `/healthz` and `/metrics` on `health_addr`.
 pub(super) fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
@@ -138,18 +139,7 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
-    if parts.uri.scheme() != Some(&Scheme::HTTP) {
-        return Err(ForwardError::BadRequest(
-            "only http:// URLs can be forwarded; use CONNECT for https",
-        ));
-    }
-    let authority = parts
-        .uri
-        .authority()
-        .ok_or(ForwardError::BadRequest("URL has no host"))?;
-    let target = parse_target(authority.as_str(), Some(80))
-        .map_err(|e| ForwardError::BadRequest(e.reason()))?;
-    tracing::Span::current().record("target", field::display(&target));
+    plain_http_target(&parts.uri)?;
     strip_hop_headers(&mut parts.headers);
     // The client derives Host from the URL (RFC 9112 §3.2.2: the absolute-form authority wins).
     parts.headers.remove(header::HOST);

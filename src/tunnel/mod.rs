@@ -53,6 +53,26 @@ pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// Largest request or response head either role accepts; beyond it the agent answers 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// The target of an absolute-form `http://` request, recorded in the current (debug) span; `https://` and URLs
+/// without a host are refused (HTTPS goes through CONNECT).
+pub(crate) fn plain_http_target(
+    uri: &http::Uri,
+) -> Result<authority::Target, crate::error::ForwardError> {
+    use crate::error::ForwardError;
+    if uri.scheme_str() != Some("http") {
+        return Err(ForwardError::BadRequest(
+            "only http:// URLs can be proxied as plain requests; use CONNECT for https",
+        ));
+    }
+    let authority = uri
+        .authority()
+        .ok_or(ForwardError::BadRequest("URL has no host"))?;
+    let target = authority::parse_target(authority.as_str(), Some(80))
+        .map_err(|e| ForwardError::BadRequest(e.reason()))?;
+    tracing::Span::current().record("target", tracing::field::display(&target));
+    Ok(target)
+}
+
 /// An empty body.
 pub(crate) fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed()
