@@ -107,6 +107,10 @@ fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
 /// Races connection attempts, starting a new one every [`HAPPY_EYEBALLS_DELAY`] or as soon as one fails; the first
 /// to succeed wins and the rest are dropped.
 async fn connect_happy_eyeballs(addrs: Vec<SocketAddr>) -> io::Result<TcpStream> {
+    if let [only] = addrs[..] {
+        // One address (an IP literal, or a name with one record): nothing to race.
+        return TcpStream::connect(only).await;
+    }
     let mut pending = interleave(addrs).into_iter().peekable();
     let mut attempts = JoinSet::new();
     let mut last_error = None;

@@ -40,15 +40,18 @@ pub(crate) const STREAM_KIND_HEADER: &str = "fluidity-stream";
 /// Bytes per direction a spliced stream copies at once: large enough that bulk transfers are not bound by syscalls.
 pub(crate) const COPY_BUFFER_BYTES: usize = 64 * 1024;
 
-/// HTTP/2 flow-control window of one stream, both directions, both roles: what one stream may have in flight
-/// unacknowledged. 8 MiB covers the bandwidth-delay product of ~130 MB/s at 60 ms round trip.
-pub(crate) const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
-/// HTTP/2 flow-control window of the whole tunnel: the most one side buffers for the other when its readers are
-/// slow, across all streams. It also sizes h2's allowance for small DATA frames (half the window): a smaller
-/// window lets a burst of tiny frames on many streams (interactive sessions) trip h2's flood protection, which
-/// closes the whole tunnel. Fixed windows are used instead of hyper's adaptive ones for that reason: adaptive
-/// windows start at 64 KiB on low-latency links.
-pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// HTTP/2 flow-control windows, both roles: how much one side lets the other have in flight unacknowledged, per
+/// stream and per tunnel, and so the most a slow reader makes the receiving side hold. h2 acknowledges received
+/// data in batches of half a window, so one stream moves about `window / 2` per round trip: 32 MiB carries
+/// ~300 MB/s at 50 ms round trip, level with the best peer in bench/ (8 MiB, tried first, capped it at ~110 MB/s;
+/// 64 MiB measured no faster there, the CPU being the limit).
+///
+/// They are fixed, not hyper's adaptive windows: those start at 64 KiB on a fast link, and h2 sizes its guard
+/// against floods of small DATA frames from the tunnel window (half of it), so a burst of small writes on a few
+/// hundred streams (interactive sessions) would make the peer close the whole tunnel.
+pub(crate) const STREAM_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+/// The tunnel-wide window: the most one side buffers for the other across all streams.
+pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
 
 /// Largest request or response head either role accepts; beyond it the agent answers 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
