@@ -341,7 +341,7 @@ fn rate_limit_burst(rate: u32, burst: Option<u32>) -> u32 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The YAML file could not be read.
-    #[error("cannot read {}: {error}", file.display())]
+    #[error("cannot read {}: {}", one_line(file.display()), one_line(error))]
     Read {
         /// The file.
         file: PathBuf,
@@ -349,7 +349,7 @@ pub enum ConfigError {
         error: io::Error,
     },
     /// The YAML file could not be written (`--save`).
-    #[error("cannot write {}: {error}", file.display())]
+    #[error("cannot write {}: {}", one_line(file.display()), one_line(error))]
     Write {
         /// The file.
         file: PathBuf,
@@ -357,7 +357,7 @@ pub enum ConfigError {
         error: io::Error,
     },
     /// The YAML file does not parse, or a value has the wrong type (serde names the key, line and column).
-    #[error("{}: {error}", file.display())]
+    #[error("{}: {}", one_line(file.display()), one_line(error))]
     Yaml {
         /// The file.
         file: PathBuf,
@@ -365,13 +365,13 @@ pub enum ConfigError {
         error: yaml_serde::Error,
     },
     /// The YAML file's top level is not a mapping of keys to values.
-    #[error("{}: expected a mapping of keys to values at the top level", file.display())]
+    #[error("{}: expected a mapping of keys to values at the top level", one_line(file.display()))]
     NotAMapping {
         /// The file.
         file: PathBuf,
     },
     /// The YAML file has a key the role does not know.
-    #[error("{}: unknown key `{key}` ({})", file.display(), unknown_key_hint(suggestion.as_deref(), valid))]
+    #[error("{}: unknown key `{}` ({})", one_line(file.display()), one_line(key), unknown_key_hint(suggestion.as_deref(), valid))]
     UnknownKey {
         /// The file.
         file: PathBuf,
@@ -383,7 +383,7 @@ pub enum ConfigError {
         valid: String,
     },
     /// A `FLUIDITY_*` variable has a value of the wrong type.
-    #[error("{var}: {error}")]
+    #[error("{var}: {}", one_line(error))]
     Env {
         /// The variable, e.g. `FLUIDITY_SERVER_PORT`.
         var: String,
@@ -392,7 +392,8 @@ pub enum ConfigError {
     },
     /// A required key is set nowhere.
     #[error(
-        "{key} is required (set it in {file}, {} or {})",
+        "{key} is required (set it in {}, {} or {})",
+        one_line(file),
         sources::env_var_name(key),
         sources::flag_name(key)
     )]
@@ -403,7 +404,7 @@ pub enum ConfigError {
         file: String,
     },
     /// A value has the right type but is not acceptable.
-    #[error("{origin}: {key}: {message}")]
+    #[error("{}: {key}: {}", one_line(origin), one_line(message))]
     Invalid {
         /// Where the value came from: the file, `FLUIDITY_KEY`, `--key` or `default`.
         origin: String,
@@ -412,6 +413,21 @@ pub enum ConfigError {
         /// Why it is refused.
         message: String,
     },
+}
+
+/// `text` with its control characters (line breaks included) escaped, so that a message stays one line whatever
+/// value, key or path it quotes.
+fn one_line(text: impl fmt::Display) -> String {
+    text.to_string()
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The parenthesised part of an unknown-key message.
@@ -702,5 +718,32 @@ mod tests {
             text.contains(&cwd.join("mine.crt").display().to_string()),
             "{text}"
         );
+    }
+
+    /// Found by `cargo fuzz run config_yaml` and `cargo fuzz run config_env` (fuzz/README.md): a key or value with a
+    /// line break was quoted as it is, so the one-line error message spanned several lines.
+    #[test]
+    fn errors_stay_on_one_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.yaml");
+        let mut errors = Vec::new();
+        for text in ["{i\"\r\r'}", "? 2\n\n *"] {
+            fs::write(&file, text).expect("write");
+            errors.push(
+                load_agent(Some(&file), &AgentLayer::default(), &HashMap::new()).expect_err(text),
+            );
+        }
+        for (var, value) in [
+            ("FLUIDITY_LOG_LEVEL", "\n*"),
+            ("FLUIDITY_SERVER_IP", "]\n\0"),
+            ("FLUIDITY_LOG_FORMAT", "\n@"),
+        ] {
+            let env = env(&[("FLUIDITY_SERVER_IP", "example.net"), (var, value)]);
+            errors.push(load_agent(None, &AgentLayer::default(), &env).expect_err(value));
+        }
+        for error in errors {
+            let message = error.to_string();
+            assert!(!message.contains(['\n', '\r']), "{message:?}");
+        }
     }
 }

@@ -52,6 +52,8 @@ impl Rule {
     }
 
     fn matches(&self, name: &str, port: u16, addr: IpAddr) -> bool {
+        // `example.com.` (fully qualified) names the same host as `example.com`.
+        let name = name.strip_suffix('.').unwrap_or(name);
         if self.port.is_some_and(|p| p != port) {
             return false;
         }
@@ -114,10 +116,20 @@ fn parse_host(text: &str) -> Option<HostMatch> {
     if let Ok(ip) = addr.parse::<IpAddr>() {
         let max = if ip.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
-        return (prefix <= max).then_some(HostMatch::Cidr {
-            network: ip,
-            prefix,
-        });
+        if prefix > max {
+            return None;
+        }
+        // Addresses are judged as IPv4 when IPv4-mapped, so a mapped network is the IPv4 network it carries, its
+        // prefix counted in IPv4 bits. A mapped network shorter than /96 reaches beyond the mapped range: refused.
+        let (network, prefix) = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) if prefix >= 96 => (IpAddr::V4(v4), prefix - 96),
+                Some(_) => return None,
+                None => (ip, prefix),
+            },
+            IpAddr::V4(_) => (ip, prefix),
+        };
+        return Some(HostMatch::Cidr { network, prefix });
     }
     if prefix.is_some() || text.contains('[') {
         return None;
@@ -141,8 +153,8 @@ fn parse_host(text: &str) -> Option<HostMatch> {
 }
 
 fn in_network(addr: IpAddr, network: IpAddr, prefix: u8) -> bool {
-    let addr = canonical(addr);
-    match (addr, canonical(network)) {
+    // `network` is never IPv4-mapped (see `parse_host`).
+    match (canonical(addr), network) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
             u32::from(a) & mask == u32::from(n) & mask
@@ -356,5 +368,41 @@ mod tests {
 
         let err = TargetPolicy::new(false, &["nope!".into()], &[]).unwrap_err();
         assert!(err.starts_with("deny_targets:"), "{err}");
+    }
+
+    /// Found by `cargo fuzz run policy` (fuzz/README.md): a rule with a fully qualified name (trailing dot) escaped
+    /// the host-name rules, though it resolves to the same addresses.
+    #[test]
+    fn trailing_dot_names_match_name_rules() {
+        let deny =
+            TargetPolicy::new(true, &["example.com".into(), "*.corp.test".into()], &[]).unwrap();
+        assert!(
+            deny.check("example.com.", 443, ip("93.184.216.34"))
+                .is_err()
+        );
+        assert!(
+            deny.check("www.corp.test.", 443, ip("93.184.216.34"))
+                .is_err()
+        );
+        assert!(deny.check("other.test.", 443, ip("93.184.216.34")).is_ok());
+    }
+
+    /// Found by `cargo fuzz run policy` (fuzz/README.md): an IPv4-mapped rule (`::ffff:0:9`, or any
+    /// `::ffff:a.b.c.d[/n]`) was compared as an IPv4 network with its IPv6 prefix: `32 - 128` overflowed, a panic
+    /// in debug builds; in release builds the mask became 0 and the rule matched every IPv4 address (as an allow rule
+    /// it opened loopback and 169.254.169.254).
+    #[test]
+    fn ipv4_mapped_rules_are_ipv4_rules() {
+        let policy = TargetPolicy::new(true, &["::ffff:0:9".into()], &[]).unwrap();
+        assert!(policy.check("x", 15103, ip("0.0.50.51")).is_ok());
+        assert!(policy.check("x", 80, ip("0.0.0.9")).is_err());
+        let rule = Rule::parse("::ffff:10.0.0.0/104").unwrap();
+        assert!(rule.matches("x", 80, ip("10.1.2.3")));
+        assert!(rule.matches("x", 80, ip("::ffff:10.1.2.3")));
+        assert!(!rule.matches("x", 80, ip("127.0.0.1")));
+        let allow = TargetPolicy::new(false, &[], &["::ffff:203.0.113.5".into()]).unwrap();
+        assert!(allow.check("x", 80, ip("203.0.113.5")).is_ok());
+        assert!(allow.check("x", 80, ip("169.254.169.254")).is_err());
+        assert!(Rule::parse("::ffff:0:0/80").is_err());
     }
 }

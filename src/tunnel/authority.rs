@@ -59,28 +59,43 @@ pub(crate) fn parse_target(
     authority: &str,
     default_port: Option<u16>,
 ) -> Result<Target, BadTarget> {
-    let parsed: Authority = authority.parse().map_err(|_| BadTarget::Syntax)?;
+    // The http crate checks the characters; the structure is checked here, because `Authority` accepts a '[' that
+    // does not start the host and text between ']' and the port, and reads a port of "+80" as 80.
+    authority
+        .parse::<Authority>()
+        .map_err(|_| BadTarget::Syntax)?;
     if authority.contains('@') {
         return Err(BadTarget::Syntax);
     }
-    let host = parsed.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
+    let (host, port_text) = if let Some(rest) = authority.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').ok_or(BadTarget::Syntax)?;
+        if inside.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(BadTarget::Syntax);
+        }
+        match after {
+            "" => (inside, None),
+            _ => (
+                inside,
+                Some(after.strip_prefix(':').ok_or(BadTarget::Syntax)?),
+            ),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || host.contains(['[', ']']) {
         return Err(BadTarget::Syntax);
     }
-    if authority.starts_with('[') && host.parse::<std::net::Ipv6Addr>().is_err() {
-        return Err(BadTarget::Syntax);
-    }
-    let after_host = authority
-        .rsplit_once(']')
-        .map_or(authority, |(_, rest)| rest);
-    if after_host.contains(':') && parsed.port_u16().is_none() {
-        return Err(BadTarget::Syntax);
-    }
-    let port = match (parsed.port_u16(), default_port) {
+    let port = match port_text {
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(digits.parse::<u16>().map_err(|_| BadTarget::Syntax)?)
+        }
+        Some(_) => return Err(BadTarget::Syntax),
+        None => None,
+    };
+    let port = match (port, default_port) {
         (Some(port), _) => port,
         (None, Some(port)) => port,
         (None, None) => return Err(BadTarget::MissingPort),
@@ -135,5 +150,28 @@ mod tests {
         let target = parse_target("[::1]:443", None).unwrap();
         assert_eq!(target.to_string(), "[::1]:443");
         assert_eq!(target.ip(), Some("::1".parse().unwrap()));
+    }
+
+    /// Found by `cargo fuzz run authority` (fuzz/README.md): authorities that were read as some other target, with
+    /// part of the text ignored, instead of being refused.
+    #[test]
+    fn refuses_authorities_it_cannot_read_whole() {
+        for input in [
+            "1[*:0]1",
+            ".3[636:556:6J]3$",
+            "v:*[]",
+            "8:T[]0T8:5",
+            "[::]f+",
+            "[::1]x:80",
+            "5:+7",
+        ] {
+            for default_port in [None, Some(80)] {
+                assert_eq!(
+                    parse_target(input, default_port),
+                    Err(BadTarget::Syntax),
+                    "{input:?} with default port {default_port:?}"
+                );
+            }
+        }
     }
 }

@@ -23,9 +23,9 @@ pub(crate) fn strip_hop_headers(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        // By bytes: a value with obs-text (bytes >= 0x80) is not `to_str`, but the names it lists still go.
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -103,5 +103,21 @@ mod tests {
         ])));
         assert!(!wants_upgrade(&headers(&[("upgrade", "websocket")])));
         assert!(!wants_upgrade(&headers(&[("connection", "upgrade")])));
+    }
+
+    /// Found by `cargo fuzz run headers` (fuzz/README.md): one non-ASCII byte in a `Connection` value made the whole
+    /// value unreadable as text, so the names it listed were forwarded.
+    #[test]
+    fn strips_names_listed_beside_non_ascii_bytes() {
+        let mut map = HeaderMap::new();
+        map.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-drop-me, \xff").unwrap(),
+        );
+        map.append("x-drop-me", HeaderValue::from_static("1"));
+        map.append("accept", HeaderValue::from_static("*/*"));
+        strip_hop_headers(&mut map);
+        let left: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept"]);
     }
 }

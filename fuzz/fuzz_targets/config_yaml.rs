@@ -1,0 +1,8 @@
+//! A YAML config file through `load_agent`, `load_server` and `save_agent` (`--save`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    fluidity::fuzzing::config_yaml(data);
+});

@@ -1,0 +1,481 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`; compiled only with the `fuzzing` feature, not an API.
+//!
+//! Each function feeds fuzzer input to one of the parsers Fluidity wrote itself (authorities, header rules,
+//! destination rules, the configuration layers, `Proxy-Authorization`, certificate names) and asserts the
+//! properties the rest of the code relies on. Any panic, in the parser or in an assertion here, is a finding.
+//! Inputs arrive as plain `&str`/`&[u8]` or small std types, so the fuzz crate needs nothing private. See
+//! `fuzz/README.md` for how to run them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use yaml_serde::{Mapping, Value};
+
+use crate::config::{self, AgentConfig, AgentLayer, ConfigError, ProxyAuth, ServerConfig};
+use crate::server::policy::{Rule, TargetPolicy, is_private};
+use crate::tunnel::authority::parse_target;
+use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
+
+/// `parse_target` with no default port (CONNECT) and with the defaults of absolute-form URLs; and the whole
+/// request target of a plain request (`plain_http_target`), when the input is a URI.
+pub fn authority(input: &str) {
+    if let Ok(uri) = input.parse::<http::Uri>()
+        && let Ok(target) = crate::tunnel::plain_http_target(&uri)
+    {
+        let authority = uri.authority().map(http::uri::Authority::as_str);
+        assert_eq!(
+            authority.map(|a| parse_target(a, Some(80))),
+            Some(Ok(target)),
+            "{input:?}"
+        );
+    }
+    for default_port in [None, Some(80), Some(443)] {
+        let Ok(target) = parse_target(input, default_port) else {
+            continue;
+        };
+        assert!(!target.host.is_empty(), "{input:?}: empty host");
+        assert_ne!(target.port, 0, "{input:?}: port 0");
+        assert_eq!(
+            target.host,
+            target.host.to_ascii_lowercase(),
+            "{input:?}: host not lower-cased"
+        );
+        if default_port.is_none() {
+            assert_eq!(
+                parse_target(input, Some(80)),
+                Ok(target.clone()),
+                "{input:?}: an explicit port must win over the default"
+            );
+        }
+        // The agent sends `target.to_string()` as the CONNECT authority of a WebSocket stream and the server parses
+        // it again without a default port: it must come back as the same target.
+        let shown = target.to_string();
+        assert_eq!(
+            parse_target(&shown, None),
+            Ok(target.clone()),
+            "{input:?} is displayed as {shown:?}"
+        );
+        // Nothing of the input is ignored: it is the host as displayed (brackets only around an IPv6 literal), then
+        // either nothing (the default port) or ':' and the port's digits.
+        let lower = input.to_ascii_lowercase();
+        let host_shown = shown
+            .rsplit_once(':')
+            .map_or(shown.as_str(), |(host, _)| host);
+        let rest = lower.strip_prefix(host_shown);
+        let port_ok = match rest {
+            Some("") => default_port == Some(target.port),
+            Some(port) => port
+                .strip_prefix(':')
+                .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+                .is_some_and(|digits| digits.parse::<u16>() == Ok(target.port)),
+            None => false,
+        };
+        assert!(port_ok, "{input:?} read as {shown:?}");
+        // Display brackets every host with a ':', which is only right for an IPv6 literal.
+        if target.host.contains(':') {
+            assert!(
+                matches!(target.ip(), Some(IpAddr::V6(_))),
+                "{input:?}: host {:?} has a ':' but is no IPv6 address",
+                target.host
+            );
+        }
+    }
+}
+
+/// The names the header fuzz target picks by index, so that it reaches the interesting paths at once.
+pub const HEADER_NAMES: [&str; 12] = [
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "host",
+    "x-named",
+    "x-other",
+    "content-length",
+];
+
+/// `strip_hop_headers`, `strip_proxy_headers` and `wants_upgrade` on a header map built from `(name, value)` pairs;
+/// pairs that are not a valid header name or value are skipped, as hyper would refuse them.
+pub fn headers(pairs: &[(&[u8], &[u8])]) {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            map.append(name, value);
+        }
+    }
+    let _ = wants_upgrade(&map);
+
+    // Every name a Connection value lists, read as the field's bytes (RFC 9110 §7.6.1: each connection-option).
+    let named: Vec<HeaderName> = map
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim_ascii()).ok())
+        .collect();
+    let hop = |name: &HeaderName| {
+        matches!(
+            name.as_str(),
+            "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+        ) || name.as_str().starts_with("proxy-")
+            || named.contains(name)
+    };
+
+    let mut stripped = map.clone();
+    strip_hop_headers(&mut stripped);
+    for name in stripped.keys() {
+        assert!(
+            !hop(name),
+            "{name} survived strip_hop_headers; input {map:?}, left {stripped:?}"
+        );
+    }
+    for name in map.keys().filter(|name| !hop(name)) {
+        let before: Vec<&HeaderValue> = map.get_all(name).iter().collect();
+        let after: Vec<&HeaderValue> = stripped.get_all(name).iter().collect();
+        assert_eq!(before, after, "end-to-end header {name} changed");
+    }
+    assert!(!wants_upgrade(&stripped), "an upgrade survived stripping");
+    let mut again = stripped.clone();
+    strip_hop_headers(&mut again);
+    assert_eq!(again, stripped, "strip_hop_headers is not idempotent");
+
+    let mut proxy_stripped = map.clone();
+    strip_proxy_headers(&mut proxy_stripped);
+    for name in map.keys() {
+        let is_proxy = name.as_str().starts_with("proxy-");
+        assert_eq!(
+            proxy_stripped.contains_key(name),
+            !is_proxy,
+            "strip_proxy_headers and {name}"
+        );
+    }
+}
+
+/// One destination rule through `Rule::parse`: accepted rules display as written (trimmed) and re-parse alike.
+pub fn rule(text: &str) {
+    let Ok(rule) = Rule::parse(text) else {
+        return;
+    };
+    let shown = rule.to_string();
+    assert_eq!(shown, text.trim(), "{text:?}: display");
+    assert_eq!(Rule::parse(&shown), Ok(rule), "{text:?}: re-parse");
+}
+
+/// A destination policy from rule lists, asked about `name:port` resolving to `addr`, and about names derived from
+/// the rules themselves (so that host-name rules get matching queries).
+pub fn policy(
+    allow_private: bool,
+    deny: &[String],
+    allow: &[String],
+    name: &str,
+    port: u16,
+    addr: IpAddr,
+) {
+    for text in deny.iter().chain(allow) {
+        rule(text);
+    }
+    let Ok(policy) = TargetPolicy::new(allow_private, deny, allow) else {
+        assert!(
+            deny.iter()
+                .chain(allow)
+                .any(|text| Rule::parse(text).is_err()),
+            "TargetPolicy::new refused rules that all parse"
+        );
+        return;
+    };
+    let mut names = vec![name.to_ascii_lowercase()];
+    for text in deny.iter().chain(allow) {
+        let host = text
+            .trim()
+            .rsplit_once(':')
+            .map_or(text.trim(), |(host, _)| host);
+        if let Some(suffix) = host.strip_prefix("*.") {
+            names.push(format!("www.{suffix}"));
+        } else if !host.is_empty() {
+            names.push(host.to_ascii_lowercase());
+        }
+    }
+    for name in &names {
+        // Names reach the policy as `parse_target` left them: lower-cased, never empty.
+        if name.is_empty() || name.contains(|c: char| c.is_ascii_uppercase()) {
+            continue;
+        }
+        let verdict = policy.check(name, port, addr);
+        if !allow_private && allow.is_empty() && is_private(addr) {
+            assert!(verdict.is_err(), "private {addr} allowed for {name}:{port}");
+        }
+        // IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+        if let IpAddr::V4(v4) = addr {
+            let mapped = IpAddr::V6(v4.to_ipv6_mapped());
+            assert_eq!(
+                policy.check(name, port, mapped),
+                verdict,
+                "{name}:{port}: {addr} and {mapped} judged differently"
+            );
+        }
+        // A fully qualified name with its trailing dot resolves to the same addresses, so it must be judged alike.
+        if !name.ends_with('.') {
+            let absolute = format!("{name}.");
+            assert_eq!(
+                policy.check(&absolute, port, addr),
+                verdict,
+                "{name}:{port} and {absolute}:{port} at {addr} judged differently"
+            );
+        }
+    }
+}
+
+/// `ProxyAuth::parse` on a configured credential, then the agent's `Proxy-Authorization` check on a header value.
+pub fn proxy_auth(credential: &str, header_value: &[u8]) {
+    let Some(auth) = ProxyAuth::parse(credential) else {
+        assert!(
+            credential
+                .split_once(':')
+                .is_none_or(|(user, _)| user.is_empty()),
+            "{credential:?} refused"
+        );
+        return;
+    };
+    assert!(!auth.user().is_empty() && !auth.user().contains(':'));
+    assert_eq!(format!("{}:{}", auth.user(), auth.password()), credential);
+    assert_eq!(credential.parse::<ProxyAuth>().ok(), Some(auth.clone()));
+
+    let check = |value: &[u8]| {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.insert(header::PROXY_AUTHORIZATION, value);
+        }
+        crate::agent::proxy::authorized(&auth, &headers)
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credential);
+    assert!(
+        check(format!("Basic {encoded}").as_bytes()),
+        "own credential refused"
+    );
+    assert!(
+        check(format!(" bAsIc  {encoded} ").as_bytes()),
+        "own credential refused"
+    );
+    let wrong = base64::engine::general_purpose::STANDARD.encode(format!("{credential}x"));
+    assert!(
+        !check(format!("Basic {wrong}").as_bytes()),
+        "wrong password accepted"
+    );
+    if check(header_value) {
+        let text = std::str::from_utf8(header_value).expect("accepted values are text");
+        let (scheme, token) = text.trim().split_once(' ').expect("scheme and token");
+        assert!(scheme.eq_ignore_ascii_case("basic"), "{text:?} accepted");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .expect("accepted tokens are base64");
+        assert_eq!(decoded, credential.as_bytes(), "{text:?} accepted");
+    }
+}
+
+/// A scratch folder for this process (one per fuzzing job), for the config file the loaders read.
+fn scratch_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("fluidity-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        dir
+    })
+}
+
+/// Every configuration error is one line (README: "a one-line message naming the key and the file").
+fn assert_one_line(error: &ConfigError) {
+    let message = error.to_string();
+    assert!(!message.contains('\n'), "multi-line error: {message:?}");
+}
+
+/// The promises of a validated agent configuration (`config::resolve`).
+fn check_agent(config: &AgentConfig) {
+    let host = &config.server_host;
+    assert!(!host.is_empty(), "empty server_host");
+    assert!(
+        !host.contains(|c: char| c.is_whitespace() || "/[]@".contains(c)),
+        "server_host {host:?}"
+    );
+    assert!(
+        !host.contains(':') || host.parse::<IpAddr>().is_ok(),
+        "server_host {host:?} has a port"
+    );
+    assert_ne!(config.server_port, 0);
+    assert!(
+        config.listen.ip().is_loopback() || config.proxy_auth.is_some() || config.allow_open_proxy,
+        "open proxy on {}",
+        config.listen
+    );
+    assert!(!config.connect_timeout.is_zero());
+    assert!(!config.keepalive.is_zero());
+    assert!(config.idle_timeout.is_none_or(|t| !t.is_zero()));
+    assert!(
+        (1..=config::MAX_HEADER_READ_TIMEOUT_SECS).contains(&config.header_read_timeout.as_secs())
+    );
+}
+
+/// The promises of a validated server configuration (`config::resolve`).
+fn check_server(config: &ServerConfig) {
+    assert!(config.max_connections > 0);
+    assert!(config.max_streams_per_agent > 0);
+    assert!(config.rate_limit_burst >= 1);
+    assert!(!config.connect_timeout.is_zero());
+    assert!(!config.tls_handshake_timeout.is_zero());
+    assert!(!config.keepalive.is_zero());
+    assert!(config.idle_timeout.is_none_or(|t| !t.is_zero()));
+}
+
+/// A YAML config file through the public loaders of both roles (written to a scratch file, as they read files), and
+/// then `--save` of one flag into it.
+pub fn config_yaml(text: &[u8]) {
+    let dir = scratch_dir();
+    let file = dir.join("fuzz.yaml");
+    std::fs::write(&file, text).expect("write the scratch config");
+    let env = HashMap::new();
+
+    let agent = config::load_agent(Some(&file), &AgentLayer::default(), &env);
+    match &agent {
+        Ok(config) => check_agent(config),
+        Err(error) => assert_one_line(error),
+    }
+    match config::load_server(Some(&file), &config::ServerLayer::default(), &env) {
+        Ok(config) => check_server(&config),
+        Err(error) => assert_one_line(&error),
+    }
+
+    // `--save` rewrites the file as a YAML mapping: every other key keeps its value, the saved key is added, and a
+    // configuration that loaded before still loads the same apart from that key.
+    let flag = AgentLayer {
+        server_port: Some(9443),
+        ..AgentLayer::default()
+    };
+    let document = match std::str::from_utf8(text).map(yaml_serde::from_str::<Value>) {
+        Ok(Ok(Value::Null)) => Some(Mapping::new()),
+        Ok(Ok(Value::Mapping(mapping))) => Some(mapping),
+        _ => None,
+    };
+    match config::save_agent(&file, &flag) {
+        Ok(()) => {
+            let Some(mut expected) = document else {
+                panic!("--save wrote over a file that is not a YAML mapping");
+            };
+            expected.insert(Value::from("server_port"), Value::from(9443));
+            let written = std::fs::read_to_string(&file).expect("read the saved config");
+            match yaml_serde::from_str::<Value>(&written) {
+                Ok(Value::Mapping(saved)) => assert_eq!(
+                    saved, expected,
+                    "--save changed other keys; it wrote {written:?}"
+                ),
+                other => panic!("--save wrote {written:?}, which reads back as {other:?}"),
+            }
+            if let Ok(before) = &agent {
+                let after = config::load_agent(Some(&file), &AgentLayer::default(), &env)
+                    .expect("a config that loaded still loads after --save");
+                assert_eq!(after.server_port, 9443);
+                assert_eq!(before.server_host, after.server_host);
+                assert_eq!(before.listen, after.listen);
+                assert_eq!(before.proxy_auth, after.proxy_auth);
+                assert_eq!(before.tls, after.tls);
+                assert_eq!(before.log.level, after.log.level);
+            }
+        }
+        Err(error) => {
+            assert_one_line(&error);
+            assert!(
+                document.is_none() || matches!(error, ConfigError::Write { .. }),
+                "--save refused a mapping: {error}"
+            );
+        }
+    }
+}
+
+/// Every `FLUIDITY_*` variable of both roles, for the env fuzz target to pick by index.
+pub const ENV_VARS: [&str; 29] = [
+    "FLUIDITY_SERVER_IP",
+    "FLUIDITY_SERVER_PORT",
+    "FLUIDITY_LOCAL_PROXY_PORT",
+    "FLUIDITY_LISTEN_ADDR",
+    "FLUIDITY_CERT_FILE",
+    "FLUIDITY_KEY_FILE",
+    "FLUIDITY_CA_CERT_FILE",
+    "FLUIDITY_LOG_LEVEL",
+    "FLUIDITY_LOG_FORMAT",
+    "FLUIDITY_FAST_CONNECT",
+    "FLUIDITY_PROXY_AUTH",
+    "FLUIDITY_ALLOW_OPEN_PROXY",
+    "FLUIDITY_CONNECT_TIMEOUT_SECS",
+    "FLUIDITY_IDLE_TIMEOUT_SECS",
+    "FLUIDITY_HEADER_READ_TIMEOUT_SECS",
+    "FLUIDITY_KEEPALIVE_SECS",
+    "FLUIDITY_LISTEN_PORT",
+    "FLUIDITY_HEALTH_ADDR",
+    "FLUIDITY_MAX_CONNECTIONS",
+    "FLUIDITY_ALLOW_PRIVATE_TARGETS",
+    "FLUIDITY_CRL_FILE",
+    "FLUIDITY_MAX_STREAMS_PER_AGENT",
+    "FLUIDITY_RATE_LIMIT_PER_AGENT",
+    "FLUIDITY_RATE_LIMIT_BURST",
+    "FLUIDITY_DENY_TARGETS",
+    "FLUIDITY_ALLOW_TARGETS",
+    "FLUIDITY_TLS_HANDSHAKE_TIMEOUT_SECS",
+    "FLUIDITY_UNKNOWN_KEY",
+    "SERVER_PORT",
+];
+
+/// The environment layer of both roles, without a config file.
+pub fn config_env(vars: &[(String, String)]) {
+    let env: HashMap<String, String> = vars.iter().cloned().collect();
+    match config::load_agent(None, &AgentLayer::default(), &env) {
+        Ok(config) => check_agent(&config),
+        Err(error) => assert_one_line(&error),
+    }
+    match config::load_server(None, &config::ServerLayer::default(), &env) {
+        Ok(config) => {
+            check_server(&config);
+            // The server refuses to start on rules that do not parse; checking them must not panic either.
+            let _ = TargetPolicy::new(
+                config.allow_private_targets,
+                &config.deny_targets,
+                &config.allow_targets,
+            );
+        }
+        Err(error) => assert_one_line(&error),
+    }
+}
+
+/// The certificate names of `certs init --server-san` and `certs issue NAME`: what is accepted is issued, and the
+/// issued certificate carries the name as its common name.
+pub fn cert_names(name: &str) {
+    static CA: OnceLock<crate::certs::Pem> = OnceLock::new();
+    let ca = CA.get_or_init(|| crate::certs::generate_ca("fuzz CA", 30).expect("CA"));
+    let common_name = |pem: &crate::certs::Pem| {
+        let der = <rustls_pki_types::CertificateDer<'_> as rustls_pki_types::pem::PemObject>::from_pem_slice(
+            pem.cert.as_bytes(),
+        )
+        .expect("issued PEM");
+        crate::tls::cert_common_name(&der)
+    };
+    if let Ok(server) = crate::certs::issue_server(ca, &[name.to_owned()], 30) {
+        assert_eq!(
+            common_name(&server).as_deref(),
+            Some(name),
+            "server SAN {name:?}"
+        );
+    }
+    if let Ok(client) = crate::certs::issue_client(ca, name, 30) {
+        assert_eq!(
+            common_name(&client).as_deref(),
+            Some(name),
+            "client name {name:?}"
+        );
+    }
+}
