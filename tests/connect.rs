@@ -172,13 +172,12 @@ async fn fast_connect_answers_at_once_and_closes_the_caller_when_the_target_fail
 #[tokio::test]
 async fn fast_connect_sends_the_first_bytes_before_the_server_has_answered() {
     within(20, async {
-        let pki = TestPki::new();
-        let server = spawn_server(server_config(&pki)).await;
-        let relay = Relay::start(server.addr).await;
-        let mut config = agent_config(&pki, relay.addr);
-        config.fast_connect = true;
-        let agent = spawn_agent(config).await;
-        agent.wait_up().await;
+        let RelayedTunnel {
+            relay,
+            agent,
+            server: _server,
+            pki: _pki,
+        } = relayed_tunnel(|config| config.fast_connect = true).await;
 
         let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target_addr = target.local_addr().unwrap();

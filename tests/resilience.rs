@@ -50,11 +50,13 @@ async fn tunnel_loss_answers_503_and_502_then_recovers_when_the_server_returns()
 #[tokio::test]
 async fn requests_in_flight_when_the_link_is_cut_end_with_502_and_the_agent_reconnects() {
     within(40, async {
-        let pki = TestPki::new();
-        let server = spawn_server(server_config(&pki)).await;
-        let relay = Relay::start(server.addr).await;
-        let agent = spawn_agent(agent_config(&pki, relay.addr)).await;
-        agent.wait_up().await;
+        // Every field is bound: a field left to `..` would be dropped here, shutting the server down.
+        let RelayedTunnel {
+            server,
+            relay,
+            agent,
+            pki: _pki,
+        } = relayed_tunnel(|_| {}).await;
         let origin = spawn_origin().await;
         let agent_addr = agent.addr;
         let mut pending = tokio::task::JoinSet::new();
@@ -89,11 +91,13 @@ async fn requests_in_flight_when_the_link_is_cut_end_with_502_and_the_agent_reco
 #[tokio::test]
 async fn a_download_cut_mid_body_is_reported_as_truncated_not_complete() {
     within(40, async {
-        let pki = TestPki::new();
-        let server = spawn_server(server_config(&pki)).await;
-        let relay = Relay::start(server.addr).await;
-        let agent = spawn_agent(agent_config(&pki, relay.addr)).await;
-        agent.wait_up().await;
+        // Every field is bound: a field left to `..` would be dropped here, shutting the server down.
+        let RelayedTunnel {
+            server: _server,
+            relay,
+            agent,
+            pki: _pki,
+        } = relayed_tunnel(|_| {}).await;
         let origin = spawn_origin().await;
         let mut client = proxy_client(agent.addr).await;
         let response = client
@@ -129,13 +133,12 @@ async fn a_download_cut_mid_body_is_reported_as_truncated_not_complete() {
 #[tokio::test]
 async fn a_silent_link_is_detected_by_keepalive_and_replaced() {
     within(40, async {
-        let pki = TestPki::new();
-        let server = spawn_server(server_config(&pki)).await;
-        let relay = Relay::start(server.addr).await;
-        let mut config = agent_config(&pki, relay.addr);
-        config.keepalive = Duration::from_secs(1);
-        let agent = spawn_agent(config).await;
-        agent.wait_up().await;
+        let RelayedTunnel {
+            relay,
+            agent,
+            server: _server,
+            pki: _pki,
+        } = relayed_tunnel(|config| config.keepalive = Duration::from_secs(1)).await;
         relay.freeze();
         let started = std::time::Instant::now();
         let addr = agent.addr;

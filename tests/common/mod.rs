@@ -277,6 +277,30 @@ pub async fn tunnel_with(
     Tunnel { pki, server, agent }
 }
 
+/// A server and an agent whose tunnel runs through a [`Relay`], so tests can break the link; the tunnel is up.
+pub struct RelayedTunnel {
+    pub pki: TestPki,
+    pub server: ServerHandle,
+    pub relay: Relay,
+    pub agent: AgentHandle,
+}
+
+pub async fn relayed_tunnel(agent_tweak: impl FnOnce(&mut AgentConfig)) -> RelayedTunnel {
+    let pki = TestPki::new();
+    let server = spawn_server(server_config(&pki)).await;
+    let relay = Relay::start(server.addr).await;
+    let mut config = agent_config(&pki, relay.addr);
+    agent_tweak(&mut config);
+    let agent = spawn_agent(config).await;
+    agent.wait_up().await;
+    RelayedTunnel {
+        pki,
+        server,
+        relay,
+        agent,
+    }
+}
+
 /// GET `/healthz` on the agent (origin-form); the status, or `None` when it cannot be reached.
 pub async fn health_status(agent: SocketAddr) -> Option<u16> {
     let response = raw_request(
