@@ -582,17 +582,13 @@ async fn spawn_origin() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Str
     (addr, rx)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_and_agent_relay_a_request_and_exit_0_on_sigterm() {
-    let tmp = TempDir::new().unwrap();
-    let certs = certs_init(tmp.path());
-    let (origin, mut heads) = spawn_origin().await;
-
+/// `fluidity server` on a free loopback port with the certificates in `certs` and `extra` arguments; returns once
+/// its `/healthz` answers, with the tunnel port and the health address.
+fn start_server(tmp: &Path, certs: &Path, extra: &[&str]) -> (Proc, u16, SocketAddr) {
     let tunnel_port = free_port();
     let health = loopback(free_port());
     let mut server = Proc::spawn(
-        fluidity(tmp.path())
-            .env("FLUIDITY_ALLOW_PRIVATE_TARGETS", "true")
+        fluidity(tmp)
             .env("FLUIDITY_HEALTH_ADDR", health.to_string())
             .args(["server", "--listen-addr", "127.0.0.1", "--listen-port"])
             .arg(tunnel_port.to_string())
@@ -601,13 +597,19 @@ async fn server_and_agent_relay_a_request_and_exit_0_on_sigterm() {
             .arg("--key-file")
             .arg(certs.join("server.key"))
             .arg("--ca-cert-file")
-            .arg(certs.join("ca.crt")),
+            .arg(certs.join("ca.crt"))
+            .args(extra),
     );
     server.wait_for_status(health, "/healthz", 200);
+    (server, tunnel_port, health)
+}
 
+/// `fluidity agent` on a free loopback port towards `tunnel_port`; returns once its tunnel is up, with the proxy
+/// address.
+fn start_agent(tmp: &Path, certs: &Path, tunnel_port: u16) -> (Proc, SocketAddr) {
     let proxy = loopback(free_port());
     let mut agent = Proc::spawn(
-        fluidity(tmp.path())
+        fluidity(tmp)
             .args([
                 "agent",
                 "--server-ip",
@@ -627,6 +629,18 @@ async fn server_and_agent_relay_a_request_and_exit_0_on_sigterm() {
             .arg(certs.join("ca.crt")),
     );
     agent.wait_for_status(proxy, "/healthz", 200);
+    (agent, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_agent_relay_a_request_and_exit_0_on_sigterm() {
+    let tmp = TempDir::new().unwrap();
+    let certs = certs_init(tmp.path());
+    let (origin, mut heads) = spawn_origin().await;
+
+    let (mut server, tunnel_port, health) =
+        start_server(tmp.path(), &certs, &["--allow-private-targets", "true"]);
+    let (agent, proxy) = start_agent(tmp.path(), &certs, tunnel_port);
 
     let (status, body) = http(
         proxy,
@@ -797,38 +811,10 @@ fn sighup_reloads_the_crl_and_closes_a_revoked_agents_tunnel() {
         .arg(certs.join("spare.crt")));
     assert_exit_code(&revoked, 0);
 
-    let tunnel_port = free_port();
-    let health = loopback(free_port());
-    let mut server = Proc::spawn(
-        fluidity(tmp.path())
-            .env("FLUIDITY_HEALTH_ADDR", health.to_string())
-            .args(["server", "--listen-addr", "127.0.0.1", "--listen-port"])
-            .arg(tunnel_port.to_string())
-            .arg("--cert-file")
-            .arg(certs.join("server.crt"))
-            .arg("--key-file")
-            .arg(certs.join("server.key"))
-            .arg("--ca-cert-file")
-            .arg(certs.join("ca.crt"))
-            .arg("--crl-file")
-            .arg(certs.join("crl.pem")),
-    );
-    server.wait_for_status(health, "/healthz", 200);
-    let proxy = loopback(free_port());
-    let mut agent = Proc::spawn(
-        fluidity(tmp.path())
-            .args(["agent", "--server-ip", "127.0.0.1", "--server-port"])
-            .arg(tunnel_port.to_string())
-            .arg("--local-proxy-port")
-            .arg(proxy.port().to_string())
-            .arg("--cert-file")
-            .arg(certs.join("client.crt"))
-            .arg("--key-file")
-            .arg(certs.join("client.key"))
-            .arg("--ca-cert-file")
-            .arg(certs.join("ca.crt")),
-    );
-    agent.wait_for_status(proxy, "/healthz", 200);
+    let crl = certs.join("crl.pem");
+    let crl = crl.to_str().unwrap();
+    let (mut server, tunnel_port, _health) = start_server(tmp.path(), &certs, &["--crl-file", crl]);
+    let (mut agent, proxy) = start_agent(tmp.path(), &certs, tunnel_port);
 
     let revoked = run(fluidity(tmp.path())
         .args(["certs", "revoke", "--ca-dir"])
