@@ -53,20 +53,33 @@ fn init_tracing(log: &LogSettings) {
     }
 }
 
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+/// Which runtime a role runs on.
+#[derive(Clone, Copy)]
+enum Threads {
+    /// One thread: the agent's work all funnels through one tunnel connection anyway, and cross-thread wake-ups
+    /// cost more CPU than they gain (measured in bench/).
+    One,
+    /// A worker per core: the server serves many agents at once.
+    PerCore,
+}
+
+fn runtime(threads: Threads) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+        Threads::PerCore => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()
 }
 
 /// Runs a role on a fresh runtime: signals, then `start` binds and runs it. Startup and runtime failures are logged
 /// once and exit 1.
-fn run_role<F, Fut>(start: F) -> ExitCode
+fn run_role<F, Fut>(threads: Threads, start: F) -> ExitCode
 where
     F: FnOnce(tokio_util::sync::CancellationToken, tokio::sync::watch::Receiver<u64>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let outcome = runtime()
+    let outcome = runtime(threads)
         .context("cannot start the runtime")
         .and_then(|rt| {
             rt.block_on(async {
@@ -105,7 +118,7 @@ fn run_server(args: ServerArgs, env: &HashMap<String, String>) -> ExitCode {
         Err(err) => return config_failure(err),
     };
     init_tracing(&config.log);
-    run_role(|token, reload| async move {
+    run_role(Threads::PerCore, |token, reload| async move {
         let server = Server::bind(config).await?;
         let reloader = server.reloader();
         spawn_reloader(reload, move || reloader.reload());
@@ -127,7 +140,7 @@ fn run_agent(args: AgentArgs, env: &HashMap<String, String>) -> ExitCode {
         eprintln!("fluidity: saved the given flags to {}", path.display());
     }
     init_tracing(&config.log);
-    run_role(|token, reload| async move {
+    run_role(Threads::One, |token, reload| async move {
         let agent = Agent::bind(config).await?;
         let reloader = agent.reloader();
         spawn_reloader(reload, move || reloader.reload());
@@ -151,7 +164,7 @@ fn run_up(args: UpArgs, env: &HashMap<String, String>) -> ExitCode {
         ));
     }
     init_tracing(&log);
-    run_role(|token, reload| async move {
+    run_role(Threads::PerCore, |token, reload| async move {
         let up = Up::prepare(dir, args.port).await?;
         println!("{}", up.instructions());
         let server_reload = up.server.reloader();
