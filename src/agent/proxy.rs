@@ -16,7 +16,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use tracing::{Instrument, debug, debug_span, field};
 
 use super::Shared;
@@ -28,7 +27,7 @@ use crate::metrics::{OpenGuard, StreamKind};
 use crate::tunnel::authority::parse_target;
 use crate::tunnel::body::Counted;
 use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
-use crate::tunnel::splice::{Moved, splice};
+use crate::tunnel::splice;
 use crate::tunnel::{Body, STREAM_KIND_HEADER, empty, plain_http_target, text_response};
 
 /// Serves one caller request.
@@ -195,25 +194,14 @@ fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: TunnelStream, g
 }
 
 async fn relay(shared: &Shared, caller: hyper::upgrade::Upgraded, stream: TunnelStream) {
-    let moved = Moved::default();
-    let result = tokio::select! {
-        result = splice(TokioIo::new(caller), stream, shared.config.idle_timeout, &moved) => result,
-        () = shared.drain.kill.cancelled() => Ok(()),
-    };
-    shared
-        .metrics
-        .bytes
-        .up
-        .inc_by(moved.a_to_b.load(Ordering::Relaxed));
-    shared
-        .metrics
-        .bytes
-        .down
-        .inc_by(moved.b_to_a.load(Ordering::Relaxed));
-    match result {
-        Ok(()) => debug!("stream closed"),
-        Err(err) => debug!(error = %err, "stream ended"),
-    }
+    splice::relay(
+        TokioIo::new(caller),
+        stream,
+        shared.config.idle_timeout,
+        &shared.drain.kill,
+        &shared.metrics.bytes,
+    )
+    .await;
 }
 
 /// `CONNECT host:port`: a CONNECT stream on the tunnel. The caller gets `200` once the server has connected, or at
@@ -311,22 +299,14 @@ async fn websocket(
         async move {
             match tokio::try_join!(caller, upstream) {
                 Ok((caller, upstream)) => {
-                    let moved = Moved::default();
-                    let result = tokio::select! {
-                        result = splice(
-                            TokioIo::new(caller),
-                            TokioIo::new(upstream),
-                            task_shared.config.idle_timeout,
-                            &moved,
-                        ) => result,
-                        () = task_shared.drain.kill.cancelled() => Ok(()),
-                    };
-                    let bytes = &task_shared.metrics.bytes;
-                    bytes.up.inc_by(moved.a_to_b.load(Ordering::Relaxed));
-                    bytes.down.inc_by(moved.b_to_a.load(Ordering::Relaxed));
-                    if let Err(err) = result {
-                        debug!(error = %err, "websocket ended");
-                    }
+                    splice::relay(
+                        TokioIo::new(caller),
+                        TokioIo::new(upstream),
+                        task_shared.config.idle_timeout,
+                        &task_shared.drain.kill,
+                        &task_shared.metrics.bytes,
+                    )
+                    .await;
                 }
                 Err(err) => debug!(error = %err, "upgrade failed"),
             }

@@ -17,7 +17,7 @@ use crate::metrics::StreamKind;
 use crate::tunnel::authority::parse_target;
 use crate::tunnel::body::Counted;
 use crate::tunnel::headers::strip_hop_headers;
-use crate::tunnel::splice::{Moved, splice};
+use crate::tunnel::splice;
 use crate::tunnel::{
     Body, PROBE_AUTHORITY, STREAM_KIND_HEADER, empty, plain_http_target, text_response,
 };
@@ -109,22 +109,15 @@ async fn connect(
                     return;
                 }
             };
-            let moved = Moved::default();
-            let result = tokio::select! {
-                result = splice(TokioIo::new(upgraded), socket, idle, &moved) => result,
-                () = task_shared.drain.kill.cancelled() => Ok(()),
-            };
-            let bytes = &task_shared.metrics.bytes;
-            bytes
-                .up
-                .inc_by(moved.a_to_b.load(std::sync::atomic::Ordering::Relaxed));
-            bytes
-                .down
-                .inc_by(moved.b_to_a.load(std::sync::atomic::Ordering::Relaxed));
-            match result {
-                Ok(()) => debug!("stream closed"),
-                Err(err) => debug!(error = %err, "stream ended"),
-            }
+            let task = &task_shared;
+            splice::relay(
+                TokioIo::new(upgraded),
+                socket,
+                idle,
+                &task.drain.kill,
+                &task.metrics.bytes,
+            )
+            .await;
             drop(guard);
         }
         .in_current_span(),

@@ -139,6 +139,31 @@ async fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     .await
 }
 
+/// Splices `a` (the caller side) and `b` (the target side) until they finish, go idle for `idle`, or `kill` fires;
+/// adds the bytes moved to `bytes` (`up`: a → b) and logs how the stream ended at debug.
+pub(crate) async fn relay<A, B>(
+    a: A,
+    b: B,
+    idle: Option<Duration>,
+    kill: &tokio_util::sync::CancellationToken,
+    bytes: &crate::metrics::ByteCounters,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let moved = Moved::default();
+    let result = tokio::select! {
+        result = splice(a, b, idle, &moved) => result,
+        () = kill.cancelled() => Ok(()),
+    };
+    bytes.up.inc_by(moved.a_to_b.load(Ordering::Relaxed));
+    bytes.down.inc_by(moved.b_to_a.load(Ordering::Relaxed));
+    match result {
+        Ok(()) => tracing::debug!("stream closed"),
+        Err(err) => tracing::debug!(error = %err, "stream ended"),
+    }
+}
+
 /// The time of the last byte moved, as milliseconds since `start`.
 struct Activity {
     start: Instant,
