@@ -22,7 +22,7 @@ async fn proxy_auth_requires_basic_credentials_and_never_forwards_them() {
         let url = format!("http://{}/echo", origin.addr);
 
         let mut client = proxy_client(t.agent.addr).await;
-        let response = client.send_request(Request::get(&url).body(empty_body()).unwrap()).await.unwrap();
+        let response = send_get(&mut client, &url).await;
         assert_eq!(response.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
         assert_eq!(response.headers()["proxy-authenticate"], "Basic realm=\"fluidity\"");
         response.into_body().collect().await.unwrap();
@@ -136,10 +136,7 @@ async fn streams_beyond_the_rate_limit_get_429_with_retry_after() {
         let mut statuses = Vec::new();
         let mut retry_after = None;
         for _ in 0..6 {
-            let response = client
-                .send_request(Request::get(&url).body(empty_body()).unwrap())
-                .await
-                .unwrap();
+            let response = send_get(&mut client, &url).await;
             statuses.push(response.status().as_u16());
             if response.status() == StatusCode::TOO_MANY_REQUESTS {
                 retry_after = response.headers().get("retry-after").cloned();

@@ -66,14 +66,8 @@ async fn statuses_pass_through_and_redirects_are_not_followed() {
         let origin = spawn_origin().await;
         let mut client = proxy_client(t.agent.addr).await;
         for code in [200u16, 201, 204, 301, 302, 304, 404, 418, 500, 503] {
-            let response = client
-                .send_request(
-                    Request::get(format!("http://{}/status/{code}", origin.addr))
-                        .body(empty_body())
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
+            let response =
+                send_get(&mut client, format!("http://{}/status/{code}", origin.addr)).await;
             assert_eq!(response.status().as_u16(), code);
             if code == 301 || code == 302 {
                 assert_eq!(response.headers()["location"], "/moved");
@@ -133,27 +127,13 @@ async fn headers_keep_multiple_values_and_lose_hop_by_hop_ones() {
             "Host must follow the URL: {text}"
         );
 
-        let response = client
-            .send_request(
-                Request::get(format!("http://{}/multi", origin.addr))
-                    .body(empty_body())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = send_get(&mut client, format!("http://{}/multi", origin.addr)).await;
         let multi: Vec<_> = response.headers().get_all("x-multi").iter().collect();
         assert_eq!(multi, ["a", "b"]);
         assert_eq!(response.headers().get_all("set-cookie").iter().count(), 2);
         response.into_body().collect().await.unwrap();
 
-        let response = client
-            .send_request(
-                Request::get(format!("http://{}/hop", origin.addr))
-                    .body(empty_body())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = send_get(&mut client, format!("http://{}/hop", origin.addr)).await;
         assert!(response.headers().get("x-hop-secret").is_none());
         assert!(response.headers().get("keep-alive").is_none());
         assert_eq!(response.headers()["x-end-to-end"], "kept");
@@ -185,14 +165,11 @@ async fn large_upload_and_download_stream_byte_exact_without_buffering() {
         );
 
         const DOWNLOAD: u64 = 256 * 1024 * 1024;
-        let response = client
-            .send_request(
-                Request::get(format!("http://{}/bytes/{DOWNLOAD}", origin.addr))
-                    .body(empty_body())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = send_get(
+            &mut client,
+            format!("http://{}/bytes/{DOWNLOAD}", origin.addr),
+        )
+        .await;
         assert_eq!(
             response.headers()["content-length"],
             DOWNLOAD.to_string().as_str()
@@ -219,14 +196,7 @@ async fn one_keep_alive_connection_reaches_two_hosts() {
         let second = spawn_origin().await;
         let mut client = proxy_client(t.agent.addr).await;
         for origin in [&first, &second, &first] {
-            let response = client
-                .send_request(
-                    Request::get(format!("http://{}/echo", origin.addr))
-                        .body(empty_body())
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
+            let response = send_get(&mut client, format!("http://{}/echo", origin.addr)).await;
             let text = String::from_utf8(
                 response
                     .into_body()

@@ -100,14 +100,11 @@ async fn a_download_cut_mid_body_is_reported_as_truncated_not_complete() {
         } = relayed_tunnel(|_| {}).await;
         let origin = spawn_origin().await;
         let mut client = proxy_client(agent.addr).await;
-        let response = client
-            .send_request(
-                Request::get(format!("http://{}/bytes/1000000000", origin.addr))
-                    .body(empty_body())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = send_get(
+            &mut client,
+            format!("http://{}/bytes/1000000000", origin.addr),
+        )
+        .await;
         let mut body = response.into_body();
         let mut received = 0usize;
         while received < 1_000_000 {
@@ -312,10 +309,7 @@ async fn a_hundred_busy_streams_survive_a_server_restart_with_an_answer_or_502()
             let url = format!("http://{}/bytes/{}", origin.addr, 4_000_000 + i);
             busy.spawn(async move {
                 let mut client = proxy_client(agent_addr).await;
-                let response = client
-                    .send_request(Request::get(url).body(empty_body()).unwrap())
-                    .await
-                    .unwrap();
+                let response = send_get(&mut client, url).await;
                 if response.status() != StatusCode::OK {
                     return response.status().as_u16();
                 }

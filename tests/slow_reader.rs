@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use http_body_util::BodyExt;
 use std::time::Duration;
 
@@ -20,14 +20,11 @@ async fn a_slow_reader_costs_a_constant_amount_of_memory() {
         let origin = spawn_origin().await;
         let mut client = proxy_client(t.agent.addr).await;
         let (rss_start, _) = memory_kib();
-        let response = client
-            .send_request(
-                Request::get(format!("http://{}/bytes/4000000000", origin.addr))
-                    .body(empty_body())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
+        let response = send_get(
+            &mut client,
+            format!("http://{}/bytes/4000000000", origin.addr),
+        )
+        .await;
         assert_eq!(response.status(), StatusCode::OK);
         let mut body = response.into_body();
         // Read about 64 KiB per 100 ms while the origin could send gigabytes: everything in between must be held

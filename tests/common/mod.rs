@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -695,19 +695,23 @@ pub async fn closed_port() -> SocketAddr {
 }
 
 /// Absolute-form GET through the agent with a fresh connection; returns status and body.
+/// An absolute-form GET on an open proxy client connection.
+pub async fn send_get(
+    client: &mut hyper::client::conn::http1::SendRequest<TestBody>,
+    url: impl AsRef<str>,
+) -> Response<Incoming> {
+    client
+        .send_request(Request::get(url.as_ref()).body(empty_body()).unwrap())
+        .await
+        .unwrap()
+}
+
 pub async fn get(agent: SocketAddr, url: &str) -> (StatusCode, Bytes) {
     let mut client = proxy_client(agent).await;
-    let response = client
-        .send_request(Request::get(url).body(empty_body()).unwrap())
-        .await
-        .unwrap();
+    let response = send_get(&mut client, url).await;
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, body)
-}
-
-pub fn path_exists(path: &Path) -> bool {
-    path.exists()
 }
 
 /// A TCP relay between an agent and a server, to break the link on purpose: `cut` closes every connection it
