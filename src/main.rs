@@ -59,7 +59,7 @@ enum Threads {
     /// One thread: the agent's work all funnels through one tunnel connection anyway, and cross-thread wake-ups
     /// cost more CPU than they gain (measured in bench/).
     One,
-    /// A worker per core: the server serves many agents at once.
+    /// A worker per core: `up` runs the agent and the server's accept loop on it.
     PerCore,
 }
 
@@ -118,7 +118,8 @@ fn run_server(args: ServerArgs, env: &HashMap<String, String>) -> ExitCode {
         Err(err) => return config_failure(err),
     };
     init_tracing(&config.log);
-    run_role(Threads::PerCore, |token, reload| async move {
+    // One thread accepts and serves /healthz; the tunnels run on the server's own worker threads (one per core).
+    run_role(Threads::One, |token, reload| async move {
         let server = Server::bind(config).await?;
         let reloader = server.reloader();
         spawn_reloader(reload, move || reloader.reload());

@@ -8,6 +8,7 @@ mod dial;
 mod guard;
 pub(crate) mod policy;
 mod service;
+mod shard;
 
 use anyhow::Context as _;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -29,7 +30,9 @@ use crate::config::ServerConfig;
 use crate::metrics::{ServerMetrics, record_cert_expiry, watch_cert_expiry};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
-use crate::tunnel::{Body, CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES, STREAM_WINDOW_BYTES};
+use crate::tunnel::{
+    Body, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, STREAM_WINDOW_BYTES,
+};
 use dial::{Dialer, TargetConnector};
 use guard::HandshakeGuard;
 use policy::TargetPolicy;
@@ -214,6 +217,7 @@ impl Server {
         let local = self.listener.local_addr()?;
         info!(addr = %local, health = %health_addr, "server listening");
         let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
+        let shards = shard::Shards::start(shard::count())?;
         let mut next_id: u64 = 0;
         loop {
             let (tcp, peer) = tokio::select! {
@@ -238,19 +242,35 @@ impl Server {
                 continue;
             };
             next_id += 1;
-            let span = info_span!("agent", %peer, conn = next_id);
-            let shared = shared.clone();
-            drain.tasks.spawn(
-                async move {
-                    serve_agent(&shared, tcp, peer, next_id).await;
-                    drop(permit);
+            let id = next_id;
+            let span = info_span!("agent", %peer, conn = id);
+            let tcp = match tcp.into_std() {
+                Ok(tcp) => tcp,
+                Err(err) => {
+                    warn!(%peer, error = %err, "cannot hand the connection to a worker");
+                    continue;
                 }
-                .instrument(span),
-            );
+            };
+            let shared = shared.clone();
+            // The task is tracked here, on the accepting thread, so that a drain never misses a connection in
+            // transit to its worker.
+            let token = drain.tasks.token();
+            shards.run(move || {
+                async move {
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => serve_agent(&shared, tcp, peer, id).await,
+                        Err(err) => warn!(%peer, error = %err, "cannot register the connection"),
+                    }
+                    drop(permit);
+                    drop(token);
+                }
+                .instrument(span)
+            });
         }
         drop(self.listener);
         info!("shutdown started");
         drain.run(GRACE_PERIOD).await;
+        shards.stop().await;
         info!("shutdown finished");
         Ok(())
     }
@@ -320,6 +340,7 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .max_concurrent_streams(shared.config.max_streams_per_agent)
+        .max_frame_size(MAX_FRAME_BYTES)
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .keep_alive_interval(shared.config.keepalive)
         .keep_alive_timeout(shared.config.keepalive)
