@@ -20,7 +20,8 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
-    CONNECTION_WINDOW_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY, STREAM_WINDOW_BYTES,
+    CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY,
+    STREAM_WINDOW_BYTES,
 };
 
 /// First reconnect delay.
@@ -182,6 +183,7 @@ impl Keeper {
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .max_frame_size(MAX_FRAME_BYTES)
             .max_header_list_size(MAX_HEADER_BYTES as u32)
             .handshake::<_, Bytes>(tls)
             .await

@@ -68,6 +68,28 @@ impl TunnelStream {
     }
 }
 
+impl TunnelStream {
+    /// Copies frames that have already arrived into `buf` while it has room, so one read hands the caller several
+    /// frames (one write to the caller's socket instead of one per frame). Never waits; what does not fit stays in
+    /// `pending`. An end or error seen here is seen again by the next read (h2 reports them on every poll).
+    fn top_up(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) {
+        let RecvSide::Open(recv) = &mut self.recv else {
+            return;
+        };
+        while buf.remaining() > 0 {
+            let Poll::Ready(Some(Ok(data))) = recv.poll_data(cx) else {
+                return;
+            };
+            let _ = recv.flow_control().release_capacity(data.len());
+            let n = data.len().min(buf.remaining());
+            buf.put_slice(&data[..n]);
+            if n < data.len() {
+                self.pending = data.slice(n..);
+            }
+        }
+    }
+}
+
 impl AsyncRead for TunnelStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -79,6 +101,7 @@ impl AsyncRead for TunnelStream {
                 let n = self.pending.len().min(buf.remaining());
                 buf.put_slice(&self.pending[..n]);
                 self.pending.advance(n);
+                self.top_up(cx, buf);
                 return Poll::Ready(Ok(()));
             }
             let recv = match &mut self.recv {

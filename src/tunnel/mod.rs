@@ -53,6 +53,10 @@ pub(crate) const STREAM_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 /// The tunnel-wide window: the most one side buffers for the other across all streams.
 pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
 
+/// Largest HTTP/2 frame either role accepts (SETTINGS_MAX_FRAME_SIZE; the default is 16 KiB). One DATA frame then
+/// carries a whole 64 KiB copy buffer, so a bulk stream costs a quarter of the frames, socket writes and wake-ups.
+pub(crate) const MAX_FRAME_BYTES: u32 = 64 * 1024;
+
 /// Largest request or response head either role accepts; beyond it the agent answers 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 
