@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
     CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY,
-    STREAM_WINDOW_BYTES,
+    STREAM_WINDOW_BYTES, buffered,
 };
 
 /// First reconnect delay.
@@ -176,10 +176,13 @@ impl Keeper {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let tls = tokio::time::timeout(limit, TlsConnector::from(config).connect(name, tcp))
-            .await
-            .map_err(timed)?
-            .map_err(ConnectError::Tls)?;
+        let tls = tokio::time::timeout(
+            limit,
+            TlsConnector::from(config).connect(name, buffered(tcp)),
+        )
+        .await
+        .map_err(timed)?
+        .map_err(ConnectError::Tls)?;
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)

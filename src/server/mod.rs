@@ -31,7 +31,7 @@ use crate::metrics::{ServerMetrics, record_cert_expiry, watch_cert_expiry};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::{
-    Body, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, STREAM_WINDOW_BYTES,
+    Body, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, STREAM_WINDOW_BYTES, buffered,
 };
 use dial::{Dialer, TargetConnector};
 use guard::HandshakeGuard;
@@ -283,7 +283,10 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
         Ok(guard) => guard.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
-    let handshake = tokio::time::timeout(shared.config.tls_handshake_timeout, acceptor.accept(tcp));
+    let handshake = tokio::time::timeout(
+        shared.config.tls_handshake_timeout,
+        acceptor.accept(buffered(tcp)),
+    );
     let stream = match handshake.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {

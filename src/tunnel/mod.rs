@@ -57,6 +57,16 @@ pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
 /// carries a whole 64 KiB copy buffer, so a bulk stream costs a quarter of the frames, socket writes and wake-ups.
 pub(crate) const MAX_FRAME_BYTES: u32 = 64 * 1024;
 
+/// Bytes the tunnel's TCP socket is read in at once, beneath TLS: rustls reads at most one record (16 KiB) per call,
+/// so a bulk transfer would cost a `recv` per record; through this buffer it costs one per 64 KiB (measured: about
+/// 7 % less CPU per GiB for agent + server). Allocated once per tunnel connection.
+pub(crate) const TLS_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The tunnel's TCP socket with the read buffer TLS runs over.
+pub(crate) fn buffered<S: tokio::io::AsyncRead>(tcp: S) -> tokio::io::BufReader<S> {
+    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER_BYTES, tcp)
+}
+
 /// Largest request or response head either role accepts; beyond it the agent answers 431.
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 
