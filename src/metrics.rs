@@ -223,6 +223,7 @@ pub(crate) struct AgentMetrics {
     streams_open: Family<KindLabel, Gauge>,
     pub(crate) bytes: ByteCounters,
     pub(crate) cert_expiry_seconds: Gauge,
+    pub(crate) stream_window_bytes: Gauge,
 }
 
 impl AgentMetrics {
@@ -276,6 +277,12 @@ impl AgentMetrics {
             "Seconds until the agent certificate expires",
             cert_expiry_seconds.clone(),
         );
+        let stream_window_bytes = Gauge::default();
+        registry.register(
+            "stream_window_bytes",
+            "Receive window the agent grants each tunnel stream; grows with the path's bandwidth-delay product",
+            stream_window_bytes.clone(),
+        );
         Self {
             registry,
             tunnel_up,
@@ -286,6 +293,7 @@ impl AgentMetrics {
             streams_open,
             bytes: byte_counters(&bytes_family),
             cert_expiry_seconds,
+            stream_window_bytes,
         }
     }
 

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -18,6 +19,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::window::{self, Metered, Traffic, Windows};
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
     CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY,
@@ -176,13 +178,12 @@ impl Keeper {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        let tls = tokio::time::timeout(
-            limit,
-            TlsConnector::from(config).connect(name, buffered(tcp)),
-        )
-        .await
-        .map_err(timed)?
-        .map_err(ConnectError::Tls)?;
+        let traffic = Arc::new(Traffic::default());
+        let transport = Metered::new(buffered(tcp), traffic.clone());
+        let tls = tokio::time::timeout(limit, TlsConnector::from(config).connect(name, transport))
+            .await
+            .map_err(timed)?
+            .map_err(ConnectError::Tls)?;
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -193,10 +194,34 @@ impl Keeper {
             .map_err(ConnectError::Http2)?;
         let pings = connection.ping_pong();
         let keepalive = self.keepalive;
+        let gauge = self.metrics.stream_window_bytes.clone();
         let mut conn = AbortOnDrop(tokio::spawn(async move {
-            tokio::select! {
-                ended = connection => ended.map_err(TunnelLost::Connection),
-                lost = keep_alive(pings, keepalive) => Err(lost),
+            let mut windows = Windows::default();
+            gauge.set(i64::from(windows.stream));
+            let growing = Arc::new(AtomicBool::new(windows.can_grow()));
+            let (samples_tx, mut samples) = tokio::sync::mpsc::unbounded_channel();
+            let can_grow = growing.clone();
+            let pinger = window::ping_loop(pings, keepalive, traffic, samples_tx, move || {
+                can_grow.load(Ordering::Relaxed)
+            });
+            tokio::pin!(pinger);
+            loop {
+                tokio::select! {
+                    ended = &mut connection => return ended.map_err(TunnelLost::Connection),
+                    lost = &mut pinger => return Err(lost),
+                    Some(bytes) = samples.recv() => {
+                        let Some(next) = windows.after_round_trip(bytes) else { continue };
+                        // Refused while the previous change awaits the server's acknowledgement: the next sample
+                        // tries again.
+                        if connection.set_initial_window_size(next.stream).is_ok() {
+                            connection.set_target_window_size(next.connection());
+                            windows = next;
+                            gauge.set(i64::from(windows.stream));
+                            growing.store(windows.can_grow(), Ordering::Relaxed);
+                            debug!(stream_window = windows.stream, "receive windows grown");
+                        }
+                    }
+                }
             }
         }));
         // TLS 1.3 refuses a client certificate after the handshake: only an answered request proves the tunnel.
@@ -225,22 +250,6 @@ impl Keeper {
                     };
                 Err(ConnectError::Probe(reason))
             }
-        }
-    }
-}
-
-/// Pings the server every `every`; returns when an answer takes longer than that (a link that went silent
-/// without closing).
-async fn keep_alive(pings: Option<h2::PingPong>, every: Duration) -> TunnelLost {
-    let Some(mut pings) = pings else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::time::sleep(every).await;
-        match tokio::time::timeout(every, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(err)) => return TunnelLost::Connection(err),
-            Err(_) => return TunnelLost::PingTimeout,
         }
     }
 }

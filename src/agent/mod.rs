@@ -8,6 +8,7 @@
 mod keeper;
 pub(crate) mod proxy;
 mod stream;
+mod window;
 
 use anyhow::Context as _;
 use hyper::server::conn::http1;

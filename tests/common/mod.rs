@@ -410,11 +410,27 @@ pub fn pattern_body(len: u64) -> TestBody {
     StreamBody::new(stream).boxed()
 }
 
-pub fn pattern_chunk(start: u64, end: u64) -> Bytes {
-    (start..end)
+/// Byte `i` of the pattern is `i % 251`; this holds the pattern from 0 for 64 KiB plus one period, so that any chunk
+/// of up to 64 KiB is a slice of it (cheap even in an unoptimised test build).
+static PATTERN: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+    (0..64 * 1024 + 251u64)
         .map(|i| (i % 251) as u8)
         .collect::<Vec<u8>>()
         .into()
+});
+
+/// The pattern bytes `start..end` (at most 64 KiB).
+pub fn pattern_chunk(start: u64, end: u64) -> Bytes {
+    let from = (start % 251) as usize;
+    PATTERN.slice(from..from + (end - start) as usize)
+}
+
+/// Whether `data` is the pattern from byte `offset` on.
+pub fn is_pattern(offset: u64, data: &[u8]) -> bool {
+    data.chunks(64 * 1024).enumerate().all(|(k, piece)| {
+        let at = offset + (k * 64 * 1024) as u64;
+        piece == pattern_chunk(at, at + piece.len() as u64)
+    })
 }
 
 /// Reads a body to the end, checking it against the pattern; returns its length.
@@ -423,13 +439,13 @@ pub async fn check_pattern(mut body: Incoming) -> u64 {
     while let Some(frame) = body.frame().await {
         let frame = frame.unwrap();
         if let Some(data) = frame.data_ref() {
-            for (i, byte) in data.iter().enumerate() {
-                assert_eq!(
-                    *byte,
-                    ((offset + i as u64) % 251) as u8,
-                    "byte {} differs",
-                    offset + i as u64
-                );
+            if !is_pattern(offset, data) {
+                let i = data
+                    .iter()
+                    .enumerate()
+                    .position(|(i, b)| *b != ((offset + i as u64) % 251) as u8)
+                    .unwrap_or(0);
+                panic!("byte {} differs", offset + i as u64);
             }
             offset += data.len() as u64;
         }
@@ -546,10 +562,7 @@ async fn origin_route(req: Request<Incoming>) -> Result<Response<TestBody>, Infa
                 break;
             };
             if let Some(data) = frame.data_ref() {
-                intact &= data
-                    .iter()
-                    .enumerate()
-                    .all(|(i, b)| *b == ((offset + i as u64) % 251) as u8);
+                intact &= is_pattern(offset, data);
                 offset += data.len() as u64;
             }
         }
@@ -852,4 +865,70 @@ pub async fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// A TCP relay that delivers every byte `delay` after it read it, both ways: a long path on loopback.
+pub struct DelayRelay {
+    pub addr: SocketAddr,
+    pub _task: AbortOnDrop,
+}
+
+impl DelayRelay {
+    pub async fn start(upstream: SocketAddr, delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(outbound) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let (a_read, a_write) = inbound.into_split();
+                let (b_read, b_write) = outbound.into_split();
+                tokio::spawn(delayed(a_read, b_write, delay));
+                tokio::spawn(delayed(b_read, a_write, delay));
+            }
+        });
+        Self {
+            addr,
+            _task: AbortOnDrop(task),
+        }
+    }
+}
+
+/// One direction of a [`DelayRelay`]: what is read now is written `delay` later, in order.
+async fn delayed(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Bytes)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0
+            || tx
+                .send((
+                    tokio::time::Instant::now() + delay,
+                    Bytes::copy_from_slice(&buf[..n]),
+                ))
+                .is_err()
+        {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
 }
