@@ -743,51 +743,42 @@ pub struct Relay {
 impl Relay {
     pub async fn start(upstream: SocketAddr) -> Self {
         use std::sync::atomic::{AtomicU64, Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let epoch = Arc::new(AtomicU64::new(0));
         let cut_below = Arc::new(tokio::sync::watch::channel(0u64).0);
         let frozen_below = Arc::new(AtomicU64::new(0));
         let frozen_down_below = Arc::new(AtomicU64::new(0));
         let (epoch_t, cut_t, frozen_t) = (epoch.clone(), cut_below.clone(), frozen_below.clone());
         let frozen_down_t = frozen_down_below.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(outbound) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let mine = epoch_t.load(Ordering::SeqCst);
-                let mut cut = cut_t.subscribe();
-                let frozen = frozen_t.clone();
-                let frozen_down = frozen_down_t.clone();
-                tokio::spawn(async move {
-                    let (a_read, a_write) = inbound.into_split();
-                    let (b_read, b_write) = outbound.into_split();
-                    let frozen2 = frozen.clone();
-                    let up = pump(a_read, b_write, move || {
-                        frozen.load(Ordering::SeqCst) > mine
-                    });
-                    let down = pump(b_read, a_write, move || {
-                        frozen2.load(Ordering::SeqCst) > mine
-                            || frozen_down.load(Ordering::SeqCst) > mine
-                    });
-                    tokio::select! {
-                        () = async { tokio::join!(up, down); } => {}
-                        _ = cut.wait_for(|below| *below > mine) => {}
-                    }
+        let (addr, task) = relay_loop(upstream, move |inbound, outbound| {
+            let mine = epoch_t.load(Ordering::SeqCst);
+            let mut cut = cut_t.subscribe();
+            let frozen = frozen_t.clone();
+            let frozen_down = frozen_down_t.clone();
+            tokio::spawn(async move {
+                let (a_read, a_write) = inbound.into_split();
+                let (b_read, b_write) = outbound.into_split();
+                let frozen2 = frozen.clone();
+                let up = pump(a_read, b_write, move || {
+                    frozen.load(Ordering::SeqCst) > mine
                 });
-            }
-        });
+                let down = pump(b_read, a_write, move || {
+                    frozen2.load(Ordering::SeqCst) > mine
+                        || frozen_down.load(Ordering::SeqCst) > mine
+                });
+                tokio::select! {
+                    () = async { tokio::join!(up, down); } => {}
+                    _ = cut.wait_for(|below| *below > mine) => {}
+                }
+            });
+        })
+        .await;
         Self {
             addr,
             epoch,
             cut_below,
             frozen_below,
             frozen_down_below,
-            _task: AbortOnDrop(task),
+            _task: task,
         }
     }
 
@@ -875,29 +866,39 @@ pub struct DelayRelay {
 
 impl DelayRelay {
     pub async fn start(upstream: SocketAddr, delay: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(outbound) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let _ = inbound.set_nodelay(true);
-                let _ = outbound.set_nodelay(true);
-                let (a_read, a_write) = inbound.into_split();
-                let (b_read, b_write) = outbound.into_split();
-                tokio::spawn(delayed(a_read, b_write, delay));
-                tokio::spawn(delayed(b_read, a_write, delay));
-            }
-        });
-        Self {
-            addr,
-            _task: AbortOnDrop(task),
-        }
+        let (addr, task) = relay_loop(upstream, move |inbound, outbound| {
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let (a_read, a_write) = inbound.into_split();
+            let (b_read, b_write) = outbound.into_split();
+            tokio::spawn(delayed(a_read, b_write, delay));
+            tokio::spawn(delayed(b_read, a_write, delay));
+        })
+        .await;
+        Self { addr, _task: task }
     }
+}
+
+/// Listens on a fresh loopback port; hands every connection accepted there, with a new connection to `upstream`,
+/// to `relay`.
+async fn relay_loop(
+    upstream: SocketAddr,
+    mut relay: impl FnMut(TcpStream, TcpStream) + Send + 'static,
+) -> (SocketAddr, AbortOnDrop) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(outbound) = TcpStream::connect(upstream).await else {
+                continue;
+            };
+            relay(inbound, outbound);
+        }
+    });
+    (addr, AbortOnDrop(task))
 }
 
 /// One direction of a [`DelayRelay`]: what is read now is written `delay` later, in order.
