@@ -10,8 +10,8 @@
 //! Only the agent's windows grow: they bound what the user's own laptop may buffer for a slow reader. The
 //! server's windows (what an agent may make the shared server hold) stay fixed.
 //!
-//! The same PINGs keep the tunnel alive: one every `keepalive` while the tunnel is quiet, and one per sample (at
-//! most every [`SAMPLE_GAP`]) while bytes arrive and the windows can still grow.
+//! The same PINGs keep the tunnel alive: one every `keepalive` while the tunnel is quiet, and one per sample while
+//! bytes arrive and the windows can still grow, never more than one per [`SAMPLE_GAP`].
 
 use std::io;
 use std::pin::Pin;
@@ -158,19 +158,23 @@ pub(crate) async fn ping_loop(
     };
     let mut flowing = false;
     let mut path_rtt: Option<Duration> = None;
+    let mut sent = tokio::time::Instant::now();
     loop {
         if path_rtt.is_none() {
             // First a ping on the quiet new tunnel: the path's own round trip.
         } else if flowing && can_grow() {
-            tokio::time::sleep(SAMPLE_GAP).await;
+            tokio::time::sleep_until(sent + SAMPLE_GAP).await;
         } else {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
-                () = traffic.arrived.notified(), if can_grow() => {}
+                () = traffic.arrived.notified(), if can_grow() => {
+                    // Sparse traffic (a message now and then) must not draw a ping per message.
+                    tokio::time::sleep_until(sent + SAMPLE_GAP).await;
+                }
             }
         }
         let before = traffic.received();
-        let sent = tokio::time::Instant::now();
+        sent = tokio::time::Instant::now();
         match tokio::time::timeout(every, pings.ping(h2::Ping::opaque())).await {
             Ok(Ok(_pong)) => {}
             Ok(Err(err)) => return TunnelLost::Connection(err),
