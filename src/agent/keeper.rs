@@ -8,7 +8,6 @@ use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -19,7 +18,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::window::{self, Metered, Traffic, Windows};
+use super::window::{Metered, Pinger, Traffic, Windows};
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
     CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY,
@@ -192,35 +191,34 @@ impl Keeper {
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(ConnectError::Http2)?;
-        let pings = connection.ping_pong();
-        let keepalive = self.keepalive;
+        let mut pinger = connection
+            .ping_pong()
+            .map(|pings| Pinger::new(pings, self.keepalive, traffic));
         let gauge = self.metrics.stream_window_bytes.clone();
         let mut conn = AbortOnDrop(tokio::spawn(async move {
             let mut windows = Windows::default();
             gauge.set(i64::from(windows.stream));
-            let growing = Arc::new(AtomicBool::new(windows.can_grow()));
-            let (samples_tx, mut samples) = tokio::sync::mpsc::unbounded_channel();
-            let can_grow = growing.clone();
-            let pinger = window::ping_loop(pings, keepalive, traffic, samples_tx, move || {
-                can_grow.load(Ordering::Relaxed)
-            });
-            tokio::pin!(pinger);
             loop {
-                tokio::select! {
-                    ended = &mut connection => return ended.map_err(TunnelLost::Connection),
-                    lost = &mut pinger => return Err(lost),
-                    Some(bytes) = samples.recv() => {
-                        let Some(next) = windows.after_round_trip(bytes) else { continue };
-                        // Refused while the previous change awaits the server's acknowledgement: the next sample
-                        // tries again.
-                        if connection.set_initial_window_size(next.stream).is_ok() {
-                            connection.set_target_window_size(next.connection());
-                            windows = next;
-                            gauge.set(i64::from(windows.stream));
-                            growing.store(windows.can_grow(), Ordering::Relaxed);
-                            debug!(stream_window = windows.stream, "receive windows grown");
-                        }
+                let sample = async {
+                    match &mut pinger {
+                        Some(pinger) => pinger.next_sample(windows.can_grow()).await,
+                        None => std::future::pending().await,
                     }
+                };
+                let bytes = tokio::select! {
+                    ended = &mut connection => return ended.map_err(TunnelLost::Connection),
+                    sample = sample => sample?,
+                };
+                let Some(next) = windows.after_round_trip(bytes) else {
+                    continue;
+                };
+                // Refused while the previous change awaits the server's acknowledgement: the next sample tries
+                // again.
+                if connection.set_initial_window_size(next.stream).is_ok() {
+                    connection.set_target_window_size(next.connection());
+                    windows = next;
+                    gauge.set(i64::from(windows.stream));
+                    debug!(stream_window = windows.stream, "receive windows grown");
                 }
             }
         }));

@@ -66,9 +66,7 @@ impl TunnelStream {
             shut: false,
         }
     }
-}
 
-impl TunnelStream {
     /// Copies frames that have already arrived into `buf` while it has room, so one read hands the caller several
     /// frames (one write to the caller's socket instead of one per frame). Never waits; what does not fit stays in
     /// `pending`. An end or error seen here is seen again by the next read (h2 reports them on every poll).

@@ -4,8 +4,8 @@
 //! The measure is the one HTTP/2 offers (as hyper's BDP estimator does): a PING's round trip, and the bytes that
 //! arrived from the server while it was out, scaled to the path's round trip (the shortest ping seen, the first
 //! one on the quiet new tunnel), so that a round trip stretched by queues does not pass for a long path. A stream
-//! that keeps half its window in flight per round trip is window-bound, so the stream window doubles (the tunnel window stays twice the stream window), up to
-//! [`MAX_STREAM_WINDOW_BYTES`]. Windows start at [`STREAM_WINDOW_BYTES`] and never shrink while the tunnel lasts.
+//! that keeps half its window in flight per round trip is window-bound, so the stream window doubles (the tunnel
+//! window stays twice the stream window), up to [`MAX_STREAM_WINDOW_BYTES`]. Windows start at [`STREAM_WINDOW_BYTES`] and never shrink while the tunnel lasts.
 //!
 //! Only the agent's windows grow: they bound what the user's own laptop may buffer for a slow reader. The
 //! server's windows (what an agent may make the shared server hold) stay fixed.
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use super::keeper::TunnelLost;
 use crate::tunnel::STREAM_WINDOW_BYTES;
@@ -142,51 +142,66 @@ impl Windows {
     }
 }
 
-/// Pings the server: every `every` while the tunnel is quiet, and while bytes arrive, one sample per round trip
-/// (no more often than [`SAMPLE_GAP`]) whose byte count goes to `samples`, as long as `can_grow` says the windows
-/// may still grow. Returns when a ping goes unanswered for `every` (a link that went silent) or the connection
-/// fails.
-pub(crate) async fn ping_loop(
-    pings: Option<h2::PingPong>,
+/// The tunnel's PINGs: keep-alive and path samples in one.
+pub(crate) struct Pinger {
+    pings: h2::PingPong,
     every: Duration,
     traffic: Arc<Traffic>,
-    samples: mpsc::UnboundedSender<u64>,
-    can_grow: impl Fn() -> bool,
-) -> TunnelLost {
-    let Some(mut pings) = pings else {
-        return std::future::pending().await;
-    };
-    let mut flowing = false;
-    let mut path_rtt: Option<Duration> = None;
-    let mut sent = tokio::time::Instant::now();
-    loop {
-        if path_rtt.is_none() {
-            // First a ping on the quiet new tunnel: the path's own round trip.
-        } else if flowing && can_grow() {
-            tokio::time::sleep_until(sent + SAMPLE_GAP).await;
-        } else {
-            tokio::select! {
-                () = tokio::time::sleep(every) => {}
-                () = traffic.arrived.notified(), if can_grow() => {
-                    // Sparse traffic (a message now and then) must not draw a ping per message.
-                    tokio::time::sleep_until(sent + SAMPLE_GAP).await;
+    /// Whether bytes arrived during the last PING.
+    flowing: bool,
+    /// The shortest round trip seen; `None` until the first PING, sent on the quiet new tunnel.
+    path_rtt: Option<Duration>,
+    /// When the last PING went out.
+    sent: tokio::time::Instant,
+}
+
+impl Pinger {
+    pub(crate) fn new(pings: h2::PingPong, every: Duration, traffic: Arc<Traffic>) -> Self {
+        Self {
+            pings,
+            every,
+            traffic,
+            flowing: false,
+            path_rtt: None,
+            sent: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Pings the server until a round trip sees bytes arrive, and returns them scaled to the path's round trip
+    /// (see [`bytes_per_path_rtt`]). It pings every `every` while the tunnel is quiet, and, while `can_grow`, as
+    /// soon as bytes arrive and then once per round trip while they keep arriving, never more than once per
+    /// [`SAMPLE_GAP`]. Fails when a PING goes unanswered for `every` (a link that went silent) or the connection
+    /// fails. Cancel safe between PINGs only: the caller keeps the future until it completes.
+    pub(crate) async fn next_sample(&mut self, can_grow: bool) -> Result<u64, TunnelLost> {
+        loop {
+            if self.path_rtt.is_none() {
+                // First a ping on the quiet new tunnel: the path's own round trip.
+            } else if self.flowing && can_grow {
+                tokio::time::sleep_until(self.sent + SAMPLE_GAP).await;
+            } else {
+                tokio::select! {
+                    () = tokio::time::sleep(self.every) => {}
+                    () = self.traffic.arrived.notified(), if can_grow => {
+                        // Sparse traffic (a message now and then) must not draw a ping per message.
+                        tokio::time::sleep_until(self.sent + SAMPLE_GAP).await;
+                    }
                 }
             }
-        }
-        let before = traffic.received();
-        sent = tokio::time::Instant::now();
-        match tokio::time::timeout(every, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
-            Ok(Err(err)) => return TunnelLost::Connection(err),
-            Err(_) => return TunnelLost::PingTimeout,
-        }
-        let rtt = sent.elapsed();
-        let during = traffic.received() - before;
-        let path = path_rtt.map_or(rtt, |p| p.min(rtt));
-        path_rtt = Some(path);
-        flowing = during > 0;
-        if flowing {
-            let _ = samples.send(bytes_per_path_rtt(during, rtt, path));
+            let before = self.traffic.received();
+            self.sent = tokio::time::Instant::now();
+            match tokio::time::timeout(self.every, self.pings.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_pong)) => {}
+                Ok(Err(err)) => return Err(TunnelLost::Connection(err)),
+                Err(_) => return Err(TunnelLost::PingTimeout),
+            }
+            let rtt = self.sent.elapsed();
+            let during = self.traffic.received() - before;
+            let path = self.path_rtt.map_or(rtt, |p| p.min(rtt));
+            self.path_rtt = Some(path);
+            self.flowing = during > 0;
+            if self.flowing {
+                return Ok(bytes_per_path_rtt(during, rtt, path));
+            }
         }
     }
 }
