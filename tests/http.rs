@@ -338,7 +338,7 @@ async fn malformed_requests_get_4xx_and_the_agent_keeps_serving() {
             "a".repeat(100 * 1024)
         );
         assert_eq!(raw_status(t.agent.addr, huge.as_bytes()).await, Some(431));
-        let (status, _) = get(t.agent.addr, &format!("http://{}/echo", origin.addr)).await;
+        let status = echo_status(t.agent.addr, origin.addr).await;
         assert_eq!(status, StatusCode::OK);
     })
     .await;

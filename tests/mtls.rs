@@ -151,7 +151,7 @@ async fn agent_with_a_foreign_certificate_never_reports_the_tunnel_up() {
         .await;
         assert_eq!(health_status(agent.addr).await, Some(503));
         let origin = spawn_origin().await;
-        let (status, _) = get(agent.addr, &format!("http://{}/echo", origin.addr)).await;
+        let status = echo_status(agent.addr, origin.addr).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
     })
     .await;

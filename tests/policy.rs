@@ -59,7 +59,7 @@ async fn deny_and_allow_rules_apply_to_the_resolved_target() {
             |_| {},
         )
         .await;
-        let (status, _) = get(t.agent.addr, &format!("http://{}/echo", origin.addr)).await;
+        let status = echo_status(t.agent.addr, origin.addr).await;
         assert_eq!(status, StatusCode::OK);
         let (status, body) = get(t.agent.addr, &format!("http://{}/echo", other.addr)).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
@@ -76,7 +76,7 @@ async fn deny_and_allow_rules_apply_to_the_resolved_target() {
             |_| {},
         )
         .await;
-        let (status, _) = get(t.agent.addr, &format!("http://{}/echo", origin.addr)).await;
+        let status = echo_status(t.agent.addr, origin.addr).await;
         assert_eq!(
             status,
             StatusCode::OK,

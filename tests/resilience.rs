@@ -74,12 +74,7 @@ async fn requests_in_flight_when_the_link_is_cut_end_with_502_and_the_agent_reco
             assert_eq!(status.unwrap(), StatusCode::BAD_GATEWAY);
         }
         agent.wait_up().await;
-        assert_eq!(
-            get(agent.addr, &format!("http://{}/echo", origin.addr))
-                .await
-                .0,
-            StatusCode::OK
-        );
+        assert_eq!(echo_status(agent.addr, origin.addr).await, StatusCode::OK);
         assert_eq!(
             metric(agent.addr, "fluidity_agent_tunnel_connects_total").await,
             Some(2.0)
@@ -150,12 +145,7 @@ async fn a_silent_link_is_detected_by_keepalive_and_replaced() {
             started.elapsed()
         );
         let origin = spawn_origin().await;
-        assert_eq!(
-            get(agent.addr, &format!("http://{}/echo", origin.addr))
-                .await
-                .0,
-            StatusCode::OK
-        );
+        assert_eq!(echo_status(agent.addr, origin.addr).await, StatusCode::OK);
     })
     .await;
 }
@@ -232,30 +222,18 @@ async fn server_shutdown_lets_an_in_flight_stream_finish() {
 /// A target that answers with a head and part of the body, then resets the connection.
 async fn spawn_resetting_origin() -> Origin {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
-                    .await;
-                let _ = stream.write_all(&[7u8; 10_000]).await;
-                // Linger 0: closing sends RST instead of FIN.
-                let _ = stream.set_zero_linger();
-                drop(stream);
-            });
-        }
-    });
-    Origin {
-        addr,
-        _task: AbortOnDrop(task),
-    }
+    serve_each(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            .await;
+        let _ = stream.write_all(&[7u8; 10_000]).await;
+        // Linger 0: closing sends RST instead of FIN.
+        let _ = stream.set_zero_linger();
+        drop(stream);
+    })
+    .await
 }
 
 #[tokio::test]
@@ -284,9 +262,7 @@ async fn an_origin_reset_mid_body_reaches_the_caller_as_an_error() {
         // The tunnel is unharmed.
         let healthy = spawn_origin().await;
         assert_eq!(
-            get(t.agent.addr, &format!("http://{}/echo", healthy.addr))
-                .await
-                .0,
+            echo_status(t.agent.addr, healthy.addr).await,
             StatusCode::OK
         );
     })
@@ -356,12 +332,7 @@ async fn a_hundred_busy_streams_survive_a_server_restart_with_an_answer_or_502()
         );
         assert_eq!(outcomes.values().sum::<i32>(), 100);
         agent.wait_up().await;
-        assert_eq!(
-            get(agent.addr, &format!("http://{}/echo", origin.addr))
-                .await
-                .0,
-            StatusCode::OK
-        );
+        assert_eq!(echo_status(agent.addr, origin.addr).await, StatusCode::OK);
     })
     .await;
 }

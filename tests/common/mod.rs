@@ -489,20 +489,27 @@ impl Drop for AbortOnDrop {
 }
 
 pub async fn spawn_origin() -> Origin {
+    serve_each(|stream| async move {
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(stream), service_fn(origin_route))
+            .with_upgrades()
+            .await;
+    })
+    .await
+}
+
+/// Listens on a fresh loopback port and runs `handle` on a task of its own for every connection accepted there.
+pub async fn serve_each<F, Fut>(handle: F) -> Origin
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .serve_connection(TokioIo::new(stream), service_fn(origin_route))
-                    .with_upgrades()
-                    .await;
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(handle(stream));
         }
     });
     Origin {
@@ -513,29 +520,19 @@ pub async fn spawn_origin() -> Origin {
 
 /// An HTTPS origin (certificate for 127.0.0.1 from the test CA) serving the same routes.
 pub async fn spawn_tls_origin(pki: &TestPki) -> Origin {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.origin_server_config());
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
+    serve_each(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
                 return;
             };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service_fn(origin_route))
-                    .await;
-            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service_fn(origin_route))
+                .await;
         }
-    });
-    Origin {
-        addr,
-        _task: AbortOnDrop(task),
-    }
+    })
+    .await
 }
 
 async fn origin_route(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
@@ -624,81 +621,59 @@ async fn origin_route(req: Request<Incoming>) -> Result<Response<TestBody>, Infa
 
 /// A TCP echo target that also reports EOF: after the peer half-closes, it writes "EOF" and closes.
 pub async fn spawn_echo() -> Origin {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
+    serve_each(|mut stream| async move {
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) => {
-                            let _ = stream.write_all(b"EOF").await;
-                            let _ = stream.shutdown().await;
-                            return;
-                        }
-                        Ok(n) => {
-                            if stream.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => return,
+            match stream.read(&mut buf).await {
+                Ok(0) => {
+                    let _ = stream.write_all(b"EOF").await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                Ok(n) => {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
                     }
                 }
-            });
+                Err(_) => return,
+            }
         }
-    });
-    Origin {
-        addr,
-        _task: AbortOnDrop(task),
-    }
+    })
+    .await
 }
 
 /// A WebSocket echo target (plain TCP; wrap it with TLS by passing `tls`).
 pub async fn spawn_ws_echo(tls: Option<Arc<rustls::ServerConfig>>) -> Origin {
     use futures_util::{SinkExt, StreamExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
+    async fn echo<S>(stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            return;
+        };
+        while let Some(Ok(message)) = ws.next().await {
+            let is_data = message.is_text() || message.is_binary();
+            if is_data && ws.send(message).await.is_err() {
                 return;
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                async fn echo<S>(stream: S)
-                where
-                    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-                {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                        return;
-                    };
-                    while let Some(Ok(message)) = ws.next().await {
-                        let is_data = message.is_text() || message.is_binary();
-                        if is_data && ws.send(message).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                match acceptor {
-                    Some(acceptor) => {
-                        if let Ok(tls) = acceptor.accept(stream).await {
-                            echo(tls).await;
-                        }
-                    }
-                    None => echo(stream).await,
-                }
-            });
+            }
         }
-    });
-    Origin {
-        addr,
-        _task: AbortOnDrop(task),
     }
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    serve_each(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            match acceptor {
+                Some(acceptor) => {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        echo(tls).await;
+                    }
+                }
+                None => echo(stream).await,
+            }
+        }
+    })
+    .await
 }
 
 /// A port with nothing listening on it.
@@ -708,6 +683,11 @@ pub async fn closed_port() -> SocketAddr {
 }
 
 /// Absolute-form GET through the agent with a fresh connection; returns status and body.
+/// The status of `GET /echo` on `origin`, asked through the agent at `agent` on a fresh connection.
+pub async fn echo_status(agent: SocketAddr, origin: SocketAddr) -> StatusCode {
+    get(agent, &format!("http://{origin}/echo")).await.0
+}
+
 /// An absolute-form GET on an open proxy client connection.
 pub async fn send_get(
     client: &mut hyper::client::conn::http1::SendRequest<TestBody>,
@@ -749,7 +729,7 @@ impl Relay {
         let frozen_down_below = Arc::new(AtomicU64::new(0));
         let (epoch_t, cut_t, frozen_t) = (epoch.clone(), cut_below.clone(), frozen_below.clone());
         let frozen_down_t = frozen_down_below.clone();
-        let (addr, task) = relay_loop(upstream, move |inbound, outbound| {
+        let Origin { addr, _task } = relay_loop(upstream, move |inbound, outbound| {
             let mine = epoch_t.load(Ordering::SeqCst);
             let mut cut = cut_t.subscribe();
             let frozen = frozen_t.clone();
@@ -778,7 +758,7 @@ impl Relay {
             cut_below,
             frozen_below,
             frozen_down_below,
-            _task: task,
+            _task,
         }
     }
 
@@ -866,7 +846,7 @@ pub struct DelayRelay {
 
 impl DelayRelay {
     pub async fn start(upstream: SocketAddr, delay: Duration) -> Self {
-        let (addr, task) = relay_loop(upstream, move |inbound, outbound| {
+        let Origin { addr, _task } = relay_loop(upstream, move |inbound, outbound| {
             let _ = inbound.set_nodelay(true);
             let _ = outbound.set_nodelay(true);
             let (a_read, a_write) = inbound.into_split();
@@ -875,7 +855,7 @@ impl DelayRelay {
             tokio::spawn(delayed(b_read, a_write, delay));
         })
         .await;
-        Self { addr, _task: task }
+        Self { addr, _task }
     }
 }
 
@@ -883,22 +863,18 @@ impl DelayRelay {
 /// to `relay`.
 async fn relay_loop(
     upstream: SocketAddr,
-    mut relay: impl FnMut(TcpStream, TcpStream) + Send + 'static,
-) -> (SocketAddr, AbortOnDrop) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let Ok(outbound) = TcpStream::connect(upstream).await else {
-                continue;
-            };
-            relay(inbound, outbound);
+    relay: impl Fn(TcpStream, TcpStream) + Send + Sync + 'static,
+) -> Origin {
+    let relay = Arc::new(relay);
+    serve_each(move |inbound| {
+        let relay = relay.clone();
+        async move {
+            if let Ok(outbound) = TcpStream::connect(upstream).await {
+                relay(inbound, outbound);
+            }
         }
-    });
-    (addr, AbortOnDrop(task))
+    })
+    .await
 }
 
 /// One direction of a [`DelayRelay`]: what is read now is written `delay` later, in order.
