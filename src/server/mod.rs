@@ -257,7 +257,7 @@ impl Server {
             // The task is tracked here, on the accepting thread, so that a drain never misses a connection in
             // transit to its worker.
             let token = drain.tasks.token();
-            shards.run(move || {
+            shards.run(
                 async move {
                     match TcpStream::from_std(tcp) {
                         Ok(tcp) => serve_agent(&shared, tcp, peer, id).await,
@@ -266,8 +266,8 @@ impl Server {
                     drop(permit);
                     drop(token);
                 }
-                .instrument(span)
-            });
+                .instrument(span),
+            );
         }
         drop(self.listener);
         info!("shutdown started");

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::mpsc;
 
-/// Work for a worker: builds the connection's future on the worker's thread.
-type Job = Box<dyn FnOnce() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+/// Work for a worker: a connection's future, first polled (and so registering its sockets) on the worker's thread.
+type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How many workers to start: one per core the process may use.
 pub(super) fn count() -> usize {
@@ -48,7 +48,7 @@ impl Shards {
                 .spawn(move || {
                     runtime.block_on(async move {
                         while let Some(job) = queue.recv().await {
-                            tokio::spawn(job());
+                            tokio::spawn(job);
                         }
                     });
                     // Dropping the runtime here cancels whatever the drain left running.
@@ -62,12 +62,9 @@ impl Shards {
         Ok(Self { workers })
     }
 
-    /// Runs the future `make` builds on the least busy worker.
-    pub(super) fn run<F, Fut>(&self, make: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
+    /// Runs `work` on the least busy worker. Nothing in it runs before the worker polls it, so sockets it opens
+    /// or registers belong to that worker.
+    pub(super) fn run(&self, work: impl Future<Output = ()> + Send + 'static) {
         let Some(worker) = self
             .workers
             .iter()
@@ -77,14 +74,11 @@ impl Shards {
         };
         let load = worker.load.clone();
         load.fetch_add(1, Ordering::Relaxed);
-        let job: Job = Box::new(move || {
-            Box::pin(async move {
-                make().await;
-                load.fetch_sub(1, Ordering::Relaxed);
-            })
-        });
         // A send fails only once the worker has stopped, which happens after the accept loop has ended.
-        let _ = worker.jobs.send(job);
+        let _ = worker.jobs.send(Box::pin(async move {
+            work.await;
+            load.fetch_sub(1, Ordering::Relaxed);
+        }));
     }
 
     /// Stops the workers (cancelling anything still running on them) and waits for their threads to end.
@@ -118,7 +112,7 @@ mod tests {
         for _ in 0..4 {
             let tx = tx.clone();
             let mut release = release_rx.clone();
-            shards.run(move || async move {
+            shards.run(async move {
                 let name = std::thread::current().name().map(str::to_owned);
                 tx.send(name).unwrap();
                 // Held open until released, so the load counts stay up while the others are placed.
