@@ -334,9 +334,10 @@ http {{
 
 
 class Instance:
-    def __init__(self, system, far):
+    def __init__(self, system, far, link_mbit=None):
         self.system = system
         self.far = far
+        self.link_mbit = link_mbit  # far only: the relay's link rate; None = no cap
         self.procs = []  # all processes (incl. relay)
         self.proxy_pids = []  # the proxy's own processes, whose CPU/RSS/fds are measured
         self.port = None  # the HTTP proxy port callers use; None = direct
@@ -364,11 +365,11 @@ class System:
         self.connect_only = name == "fluidity-fc"
         self.seq = 0
 
-    def start(self, far=False):
+    def start(self, far=False, link_mbit=None):
         self.seq += 1
         d = os.path.join(self.ctx.work, "sys", f"{self.name}{'-far' if far else ''}-{self.seq}")
         os.makedirs(d, exist_ok=True)
-        inst = Instance(self, far)
+        inst = Instance(self, far, link_mbit)
         try:
             getattr(self, "start_" + self.name.replace("-", "_").split("_")[0])(inst, d)
             if inst.port is not None:
@@ -391,6 +392,8 @@ class System:
         ready = os.path.join(d, "relay.ready")
         argv = [sys.executable, os.path.join(LIB, "relay.py"), "--delay-ms", str(self.ctx.p["delay_ms"]),
                 "--ready-file", ready]
+        if inst.link_mbit:
+            argv += ["--rate-mbit", str(inst.link_mbit)]
         for lp, tp in pairs:
             argv += ["--map", f"{lp}:{tp}"]
         inst.procs.append(self.ctx.procs.start("relay", argv, d))
@@ -589,6 +592,7 @@ def _figure_rows(p):
              ("tun_fd_growth", "proxy fd growth after cycles", "%.0f", "down")]
     rows.append(("section", "distance", f"distance: delay relay, {2 * p['delay_ms']:.0f} ms RTT between the two halves"))
     rows += [("far_bulk_mbps", f"bulk {human_bytes(p['far_bytes'])}, CONNECT, MB/s", "%.1f", "up"),
+             ("far_link_bulk_mbps", f"same, {p['link_mbit']} Mbit/s link, MB/s", "%.1f", "up"),
              ("far_page_ms", f"page: {p['page_resources']} res./{p['page_ports']} HTTPS ports/"
                              f"{p['page_parallel']} conns, ms", "%.0f", "down")]
     return rows
@@ -1026,6 +1030,30 @@ class Bench:
         finally:
             for s, inst in far.items():
                 self.sysobj[s].stop(inst)
+        self.w_distance_link()
+
+    def w_distance_link(self):
+        """Bulk over the same path capped at a link rate, as a real long path is: the relay, not the CPU, is then
+        the bottleneck, so what this figure measures is whether the windows cover the bandwidth-delay product."""
+        key = "far_link_bulk_mbps"
+        far = {}
+        try:
+            for s in self.systems_for(True):
+                try:
+                    far[s] = self.sysobj[s].start(far=True, link_mbit=self.p["link_mbit"])
+                except Exception as e:  # noqa: BLE001
+                    self.res.failed(s, key, f"could not start behind the relay: {e}")
+            for rep in range(self.p["reps"]):
+                for s in far:
+                    log(f"distance, {self.p['link_mbit']} Mbit/s link, rep {rep + 1}: {s}")
+                    try:
+                        mbps, _ = self.bulk_once(far[s], "connect", self.p["far_bytes"], far=True)
+                        self.res.add(s, key, mbps, rep)
+                    except Exception as e:  # noqa: BLE001
+                        self.res.failed(s, key, e)
+        finally:
+            for s, inst in far.items():
+                self.sysobj[s].stop(inst)
 
     def run(self):
         for w in self.ctx.workloads:
@@ -1056,6 +1084,7 @@ def params(quick):
         "hold_secs": 5,
         "settle_secs": 1.0,
         "delay_ms": 25,
+        "link_mbit": 1000,
         "page_resources": 40,
         "page_ports": 8,
         "page_parallel": 6,

@@ -7,10 +7,13 @@ cost: the relay dials the target DELAY after accepting (the SYN's trip), and byt
 not delivered before 3 * DELAY after the accept (the SYN-ACK's trip back, then the data's trip out), so the first
 request on a new connection arrives at 1.5 RTT, as on a real path.
 
-No bandwidth cap and no loss. Up to --max-inflight bytes (default 32 MiB) may be queued per direction; beyond
-that the relay stops reading that side (back-pressure), so memory stays bounded.
+No loss. By default no bandwidth cap either: the relay then moves bytes as fast as the CPU lets it. With
+--rate-mbit R each direction is a link of R Mbit/s: a chunk leaves once the link has sent what came before it,
+and arrives DELAY later (serialization, then propagation), as on a real long path. Up to --max-inflight bytes
+(default 32 MiB) may be queued per direction; beyond that the relay stops reading that side (back-pressure), so
+memory stays bounded.
 
-Usage: relay.py --delay-ms 25 --map LISTEN_PORT:TARGET_PORT [--map ...] --ready-file F
+Usage: relay.py --delay-ms 25 [--rate-mbit R] --map LISTEN_PORT:TARGET_PORT [--map ...] --ready-file F
 """
 
 import argparse
@@ -27,9 +30,11 @@ SLACK = 0.001  # seconds
 class Direction:
     """One direction of one relayed connection: src transport -> delayed queue -> dst transport."""
 
-    def __init__(self, loop, delay, max_inflight):
+    def __init__(self, loop, delay, max_inflight, rate):
         self.loop = loop
         self.delay = delay
+        self.rate = rate  # bytes per second; 0 = no cap
+        self.sent_until = 0.0  # when the link has finished sending what is queued so far
         self.max_inflight = max_inflight
         self.low = max_inflight // 2
         self.q = collections.deque()
@@ -44,7 +49,11 @@ class Direction:
         self.on_end = None
 
     def push(self, data):
-        t = max(self.loop.time() + self.delay, self.floor)
+        now = self.loop.time()
+        if self.rate:
+            self.sent_until = max(now, self.sent_until) + (len(data) if data else 0) / self.rate
+            now = self.sent_until
+        t = max(now + self.delay, self.floor)
         self.q.append((t, data))
         if data is not None:
             self.queued += len(data)
@@ -155,12 +164,12 @@ class Side(asyncio.Protocol):
 
 
 class Conn:
-    def __init__(self, loop, delay, max_inflight, target_port):
+    def __init__(self, loop, delay, max_inflight, rate, target_port):
         self.loop = loop
         self.delay = delay
         self.target_port = target_port
-        self.c2s = Direction(loop, delay, max_inflight)
-        self.s2c = Direction(loop, delay, max_inflight)
+        self.c2s = Direction(loop, delay, max_inflight, rate)
+        self.s2c = Direction(loop, delay, max_inflight, rate)
         self.c2s.on_end = self.check_done
         self.s2c.on_end = self.check_done
         self.client = Side(self, self.c2s, self.s2c)
@@ -214,10 +223,12 @@ async def main():
     ap.add_argument("--delay-ms", type=float, required=True)
     ap.add_argument("--map", action="append", required=True, help="LISTEN_PORT:TARGET_PORT")
     ap.add_argument("--max-inflight", type=int, default=32 << 20)
+    ap.add_argument("--rate-mbit", type=float, default=0.0, help="link rate per direction; 0 = no cap")
     ap.add_argument("--ready-file", required=True)
     args = ap.parse_args()
     loop = asyncio.get_running_loop()
     delay = args.delay_ms / 1000.0
+    rate = args.rate_mbit * 1e6 / 8
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
@@ -226,7 +237,7 @@ async def main():
         lport, tport = (int(x) for x in m.split(":"))
 
         def factory(tport=tport):
-            conn = Conn(loop, delay, args.max_inflight, tport)
+            conn = Conn(loop, delay, args.max_inflight, rate, tport)
             proto = conn.client
             orig = proto.connection_made
 

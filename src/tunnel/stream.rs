@@ -1,0 +1,296 @@
+//! Adapters between raw HTTP/2 streams of the tunnel (the `h2` crate) and what each side hands on: a byte stream
+//! for CONNECT and WebSocket streams, a body for plain requests and responses, and a pump that sends a body.
+//!
+//! Both roles drive `h2` directly rather than through hyper. The agent needs it so that a CONNECT stream can carry
+//! the caller's first bytes before the server has answered (`fast_connect`: one round trip less per new
+//! connection); the server, so that the bytes of a CONNECT stream go from the target's socket to the stream
+//! without the extra copy and task hop of hyper's upgrade. Flow control is respected both ways: data is sent only
+//! as window capacity is granted, and received data is released as it is consumed.
+
+use bytes::{Buf, Bytes};
+use h2::client::ResponseFuture;
+use h2::{Reason, RecvStream, SendStream};
+use http::StatusCode;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::BoxError;
+
+/// Converts an h2 error into an I/O error, keeping it as the source.
+fn h2_to_io(err: h2::Error) -> io::Error {
+    if err.is_io() {
+        return err
+            .into_io()
+            .unwrap_or_else(|| io::Error::other("h2 I/O error"));
+    }
+    io::Error::other(err)
+}
+
+/// The receiving side of a CONNECT stream: the server's answer still awaited, or the data flowing.
+enum RecvSide {
+    Waiting(ResponseFuture),
+    Open(RecvStream),
+}
+
+/// A CONNECT stream as a byte stream. Writes go out at once, even before the server has answered (they wait in the
+/// stream's window); reads first wait for the answer and fail with `ConnectionRefused` unless it is `200`.
+pub(crate) struct TunnelStream {
+    send: SendStream<Bytes>,
+    recv: RecvSide,
+    pending: Bytes,
+    shut: bool,
+}
+
+impl TunnelStream {
+    /// A stream whose answer has not arrived yet.
+    pub(crate) fn awaiting(send: SendStream<Bytes>, response: ResponseFuture) -> Self {
+        Self {
+            send,
+            recv: RecvSide::Waiting(response),
+            pending: Bytes::new(),
+            shut: false,
+        }
+    }
+
+    /// A stream whose `200` has arrived.
+    pub(crate) fn open(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv: RecvSide::Open(recv),
+            pending: Bytes::new(),
+            shut: false,
+        }
+    }
+
+    /// Copies frames that have already arrived into `buf` while it has room, so one read hands the caller several
+    /// frames (one write to the caller's socket instead of one per frame). Never waits; what does not fit stays in
+    /// `pending`. An end or error seen here is seen again by the next read (h2 reports them on every poll).
+    fn top_up(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) {
+        let RecvSide::Open(recv) = &mut self.recv else {
+            return;
+        };
+        while buf.remaining() > 0 {
+            let Poll::Ready(Some(Ok(data))) = recv.poll_data(cx) else {
+                return;
+            };
+            let _ = recv.flow_control().release_capacity(data.len());
+            let n = data.len().min(buf.remaining());
+            buf.put_slice(&data[..n]);
+            if n < data.len() {
+                self.pending = data.slice(n..);
+            }
+        }
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.pending.is_empty() {
+                let n = self.pending.len().min(buf.remaining());
+                buf.put_slice(&self.pending[..n]);
+                self.pending.advance(n);
+                self.top_up(cx, buf);
+                return Poll::Ready(Ok(()));
+            }
+            let recv = match &mut self.recv {
+                RecvSide::Waiting(response) => {
+                    let response = ready!(Pin::new(response).poll(cx)).map_err(h2_to_io)?;
+                    if response.status() != StatusCode::OK {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::ConnectionRefused,
+                            format!("server answered {}", response.status()),
+                        )));
+                    }
+                    self.recv = RecvSide::Open(response.into_body());
+                    continue;
+                }
+                RecvSide::Open(recv) => recv,
+            };
+            match ready!(recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => {
+                    // Releasing as soon as the bytes are ours: the caller's socket applies the back-pressure.
+                    let _ = recv.flow_control().release_capacity(data.len());
+                    self.pending = data;
+                }
+                Some(Err(err)) if err.reason() == Some(Reason::NO_ERROR) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Some(Err(err)) => return Poll::Ready(Err(h2_to_io(err))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        // Ask for exactly what is written and wait for the window to grant it: nothing is buffered past the window.
+        self.send.reserve_capacity(buf.len());
+        let granted = match ready!(self.send.poll_capacity(cx)) {
+            Some(Ok(granted)) if granted > 0 => {
+                let n = granted.min(buf.len());
+                self.send
+                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .ok()
+                    .map(|()| n)
+            }
+            _ => None,
+        };
+        if let Some(n) = granted {
+            return Poll::Ready(Ok(n));
+        }
+        match ready!(self.send.poll_reset(cx)) {
+            Ok(Reason::NO_ERROR | Reason::CANCEL | Reason::STREAM_CLOSED) => {
+                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            }
+            Ok(reason) => Poll::Ready(Err(io::Error::other(h2::Error::from(reason)))),
+            Err(err) => Poll::Ready(Err(h2_to_io(err))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection task writes frames as soon as they are queued.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.shut {
+            self.shut = true;
+            // END_STREAM: the server half-closes the target socket.
+            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A body read from a tunnel stream (a response on the agent, a request on the server); capacity is released as
+/// frames are handed on.
+pub(crate) struct TunnelBody {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl TunnelBody {
+    pub(crate) fn new(recv: RecvStream) -> Self {
+        Self {
+            recv,
+            data_done: false,
+        }
+    }
+}
+
+impl HttpBody for TunnelBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(err)) => return Poll::Ready(Some(Err(err))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(err) => Poll::Ready(Some(Err(err))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+/// Sends `data` on `send`, waiting for window capacity as needed; `end` marks its last frame END_STREAM.
+async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), BoxError> {
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+            .await
+            .ok_or("tunnel stream closed")??;
+        let chunk = data.split_to(granted.min(data.len()));
+        send.send_data(chunk, end && data.is_empty())?;
+    }
+    Ok(())
+}
+
+/// Streams a body onto a tunnel stream, trailers included; returns the bytes sent. On failure the stream is reset,
+/// so the other side never takes a cut body for a whole one. A reset from the other side ends it at once, even
+/// while the body is waiting for its next frame (the source is then dropped, closing a target connection).
+pub(crate) async fn send_body<B>(mut body: B, mut send: SendStream<Bytes>) -> Result<u64, BoxError>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut sent = 0u64;
+    let result = async {
+        loop {
+            let next = tokio::select! {
+                next = body.frame() => next,
+                reset = std::future::poll_fn(|cx| send.poll_reset(cx)) => {
+                    return Err(match reset {
+                        Ok(reason) => BoxError::from(h2::Error::from(reason)),
+                        Err(err) => err.into(),
+                    });
+                }
+            };
+            let Some(frame) = next else { break };
+            let frame = frame.map_err(Into::into)?;
+            match frame.into_data() {
+                Ok(data) => {
+                    sent += data.len() as u64;
+                    // END_STREAM rides on the last data frame when the body knows it is done (a known length):
+                    // the receiver may drop a stream whose declared length has arrived, and one still open then
+                    // is reset, which h2 counts against the connection.
+                    if body.is_end_stream() && !data.is_empty() {
+                        send_all(&mut send, data, true).await?;
+                        return Ok(());
+                    }
+                    send_all(&mut send, data, false).await?;
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        send.send_trailers(trailers)?;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        send.send_data(Bytes::new(), true)?;
+        Ok::<_, BoxError>(())
+    }
+    .await;
+    if result.is_err() {
+        send.send_reset(Reason::CANCEL);
+    }
+    result.map(|()| sent)
+}
