@@ -364,3 +364,85 @@ async fn unreachable_targets_get_502_with_a_reason() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_caller_leaving_mid_response_closes_the_origin_connection() {
+    within(30, async {
+        let t = tunnel().await;
+        // The origin sends a head and one chunk of an endless body, then reports when its connection closes.
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        let origin = serve_each(move |mut stream| {
+            let closed_tx = closed_tx.clone();
+            async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let _ = read_head(&mut stream).await;
+                let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+                stream.write_all(head.as_bytes()).await.unwrap();
+                let mut rest = [0u8; 64];
+                while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+                let _ = closed_tx.send(());
+            }
+        })
+        .await;
+        let mut caller = tokio::net::TcpStream::connect(t.agent.addr).await.unwrap();
+        let request = format!(
+            "GET http://{}/stream HTTP/1.1\r\nHost: x\r\n\r\n",
+            origin.addr
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut caller, request.as_bytes())
+            .await
+            .unwrap();
+        let head = read_head(&mut caller).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        drop(caller);
+        // The body never ends, so only the caller leaving can close the origin connection.
+        closed.recv().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_thousand_downloads_cancelled_midway_keep_one_tunnel() {
+    within(120, async {
+        let t = tunnel().await;
+        // An endless download: a head with a large length, then chunks until the reader goes away.
+        let origin = serve_each(|mut stream| async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = read_head(&mut stream).await;
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n";
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let chunk = pattern_chunk(0, 16 * 1024);
+            while stream.write_all(&chunk).await.is_ok() {}
+        })
+        .await;
+        let agent = t.agent.addr;
+        let target = origin.addr;
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..32 {
+            callers.spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                for _ in 0..40 {
+                    let mut caller = tokio::net::TcpStream::connect(agent).await.unwrap();
+                    let request = format!("GET http://{target}/big HTTP/1.1\r\nHost: x\r\n\r\n");
+                    caller.write_all(request.as_bytes()).await.unwrap();
+                    let head = read_head(&mut caller).await;
+                    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                    let mut some = [0u8; 4096];
+                    caller.read_exact(&mut some).await.unwrap();
+                    // Gone mid-body: the agent resets the stream while the server is still sending.
+                }
+            });
+        }
+        while let Some(result) = callers.join_next().await {
+            result.unwrap();
+        }
+        assert_eq!(
+            metric(agent, "fluidity_agent_tunnel_connects_total").await,
+            Some(1.0),
+            "the tunnel was replaced"
+        );
+    })
+    .await;
+}

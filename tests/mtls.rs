@@ -7,42 +7,9 @@
 mod common;
 
 use common::*;
-use fluidity::config::TlsFiles;
 use http::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
-
-/// A TLS client for the tunnel port: trusts `ca`, presents `identity` if given, speaks only `versions`.
-fn client_config(
-    ca: &std::path::Path,
-    identity: Option<&TlsFiles>,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = match identity {
-        Some(files) => {
-            let chain = CertificateDer::pem_file_iter(&files.cert_file)
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(&files.key_file).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(config)
-}
 
 /// Tries to open a CONNECT stream to `target` over a fresh tunnel with `config`; true if the server let it through.
 async fn server_accepts(
@@ -72,17 +39,9 @@ async fn server_accepts(
 }
 
 async fn handshake_failures(health: std::net::SocketAddr) -> u64 {
-    let response = raw_request(
-        health,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&response);
-    text.lines()
-        .find_map(|line| line.strip_prefix("fluidity_server_handshake_failures_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap()
+    metric(health, "fluidity_server_handshake_failures_total")
+        .await
+        .unwrap() as u64
 }
 
 #[tokio::test]

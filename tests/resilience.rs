@@ -336,3 +336,53 @@ async fn a_hundred_busy_streams_survive_a_server_restart_with_an_answer_or_502()
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_server_closes_a_tunnel_whose_agent_stops_answering_pings() {
+    within(30, async {
+        let pki = TestPki::new();
+        let mut config = server_config(&pki);
+        config.keepalive = Duration::from_secs(1);
+        let server = spawn_server(config).await;
+        let tls = client_config(
+            &pki.path("ca.crt"),
+            Some(&pki.client_tls()),
+            &[&rustls::version::TLS13],
+        );
+        let open = |tls: std::sync::Arc<rustls::ClientConfig>| async move {
+            let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+            let tls = tokio_rustls::TlsConnector::from(tls)
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap();
+            h2::client::handshake(tls).await.unwrap()
+        };
+        // One agent keeps its connection polled (it answers pings), the other never reads again.
+        let (live_sender, live_conn) = open(tls.clone()).await;
+        let live = AbortOnDrop(tokio::spawn(async move {
+            let _ = live_conn.await;
+        }));
+        let (_silent_sender, silent_conn) = open(tls).await;
+        let health = server.health;
+        let agents = "fluidity_server_agent_connections";
+        eventually(10, "both tunnels to be up", || async move {
+            metric(health, agents).await == Some(2.0)
+        })
+        .await;
+
+        eventually(10, "the silent tunnel to be closed", || async move {
+            metric(health, agents).await == Some(1.0)
+        })
+        .await;
+        drop(silent_conn);
+        // Three ping intervals later the answering one is still up and serving.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(metric(health, agents).await, Some(1.0));
+        let probe = Request::get("http://fluidity.invalid:0/").body(()).unwrap();
+        let mut sender = live_sender.ready().await.unwrap();
+        let (response, _) = sender.send_request(probe, true).unwrap();
+        assert_eq!(response.await.unwrap().status(), StatusCode::NO_CONTENT);
+        drop(live);
+    })
+    .await;
+}

@@ -22,7 +22,7 @@ use super::window::{Metered, Pinger, Traffic, Windows};
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
     CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY,
-    STREAM_WINDOW_BYTES, buffered,
+    RESET_STREAMS_REMEMBERED, STREAM_WINDOW_BYTES, buffered,
 };
 
 /// First reconnect delay.
@@ -188,6 +188,7 @@ impl Keeper {
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .max_frame_size(MAX_FRAME_BYTES)
             .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(ConnectError::Http2)?;

@@ -7,7 +7,6 @@
 
 mod keeper;
 pub(crate) mod proxy;
-mod stream;
 mod window;
 
 use anyhow::Context as _;

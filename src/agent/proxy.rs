@@ -19,7 +19,6 @@ use std::sync::Arc;
 use tracing::{Instrument, debug, debug_span, field};
 
 use super::Shared;
-use super::stream::{TunnelBody, TunnelStream, send_body};
 use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
 use crate::config::ProxyAuth;
 use crate::error::{ForwardError, error_response};
@@ -28,6 +27,7 @@ use crate::tunnel::authority::parse_target;
 use crate::tunnel::body::Counted;
 use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
 use crate::tunnel::splice;
+use crate::tunnel::stream::{TunnelBody, TunnelStream, send_body};
 use crate::tunnel::{Body, STREAM_KIND_HEADER, empty, plain_http_target, text_response};
 
 /// Serves one caller request.

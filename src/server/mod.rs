@@ -11,11 +11,10 @@ mod service;
 mod shard;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -27,11 +26,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::ServerConfig;
+use crate::error::BoxError;
 use crate::metrics::{ServerMetrics, record_cert_expiry, watch_cert_expiry};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::{
-    Body, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, STREAM_WINDOW_BYTES, buffered,
+    Body, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, RESET_STREAMS_REMEMBERED,
+    STREAM_WINDOW_BYTES, buffered,
 };
 use dial::{Dialer, TargetConnector};
 use guard::HandshakeGuard;
@@ -335,37 +336,7 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
     info!(%peer, cn = %agent, "agent connected");
     shared.metrics.agent_connections.inc();
 
-    let stream_shared = shared.clone();
-    let stream_agent = agent.clone();
-    let service = service_fn(move |req| {
-        service::handle_stream(stream_shared.clone(), stream_agent.clone(), req)
-    });
-    let conn = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .max_concurrent_streams(shared.config.max_streams_per_agent)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .keep_alive_interval(shared.config.keepalive)
-        .keep_alive_timeout(shared.config.keepalive)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let drain = &shared.drain;
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        () = close.cancelled() => {
-            info!(%peer, cn = %agent, "agent tunnel closed: certificate revoked");
-            Ok(())
-        }
-        () = drain.graceful.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = conn.as_mut() => result,
-                () = drain.kill.cancelled() => Ok(()),
-            }
-        }
-    };
+    let result = serve_streams(shared, &agent, stream, &close).await;
     shared.metrics.agent_connections.dec();
     shared
         .live
@@ -373,10 +344,82 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id);
     match result {
-        Ok(()) => info!(%peer, cn = %agent, "agent disconnected"),
+        Ok(Ended::Left) => info!(%peer, cn = %agent, "agent disconnected"),
+        Ok(Ended::Revoked) => {
+            info!(%peer, cn = %agent, "agent tunnel closed: certificate revoked");
+        }
         Err(err) => {
             debug!(error = %err, "agent connection error");
             info!(%peer, cn = %agent, reason = %err, "agent disconnected");
+        }
+    }
+}
+
+/// How a tunnel ended without an error.
+enum Ended {
+    /// The agent closed it, or shutdown drained it.
+    Left,
+    /// Its certificate was revoked by a reload.
+    Revoked,
+}
+
+/// Serves the HTTP/2 connection of one tunnel: each stream in a task of its own (on this worker), keep-alive pings,
+/// and on shutdown a GOAWAY and then the streams' grace period.
+async fn serve_streams<T>(
+    shared: &Arc<Shared>,
+    agent: &Arc<str>,
+    io: T,
+    close: &CancellationToken,
+) -> Result<Ended, BoxError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut conn = h2::server::Builder::new()
+        .initial_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .max_concurrent_streams(shared.config.max_streams_per_agent)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let mut pings = conn.ping_pong().ok_or("no ping handle")?;
+    let keepalive = keepalive(&mut pings, shared.config.keepalive);
+    tokio::pin!(keepalive);
+    let drain = &shared.drain;
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            accepted = conn.accept() => match accepted {
+                Some(Ok((req, respond))) => {
+                    tokio::spawn(
+                        service::handle_stream(shared.clone(), agent.clone(), req, respond)
+                            .in_current_span(),
+                    );
+                }
+                Some(Err(err)) => return Err(err.into()),
+                None => return Ok(Ended::Left),
+            },
+            lost = &mut keepalive => return Err(lost),
+            () = close.cancelled() => return Ok(Ended::Revoked),
+            () = drain.graceful.cancelled(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            () = drain.kill.cancelled(), if draining => return Ok(Ended::Left),
+        }
+    }
+}
+
+/// Pings the agent every `every` and fails once a ping goes unanswered for as long: a link that went silent
+/// (a dropped route, a sleeping laptop) is noticed and the tunnel's resources are freed.
+async fn keepalive(pings: &mut h2::PingPong, every: Duration) -> BoxError {
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(every, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => return err.into(),
+            Err(_) => return format!("no answer to a keep-alive ping in {every:?}").into(),
         }
     }
 }

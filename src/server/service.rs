@@ -1,13 +1,16 @@
 //! One stream on an agent's tunnel: the probe, a CONNECT to a target, or a plain request forwarded with the
 //! pooled client. Errors become responses through `error::error_response`.
 
+use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
+use h2::RecvStream;
+use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode, Version, header};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
 use std::sync::Arc;
+use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span, field};
 
 use super::Shared;
@@ -18,6 +21,7 @@ use crate::tunnel::authority::parse_target;
 use crate::tunnel::body::Counted;
 use crate::tunnel::headers::strip_hop_headers;
 use crate::tunnel::splice;
+use crate::tunnel::stream::{TunnelBody, TunnelStream, send_body};
 use crate::tunnel::{
     Body, PROBE_AUTHORITY, STREAM_KIND_HEADER, empty, plain_http_target, text_response,
 };
@@ -31,12 +35,13 @@ pub(super) fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> 
     }
 }
 
-/// Serves one stream of an agent's tunnel.
+/// Serves one stream of an agent's tunnel: answers it, then streams the body or relays the CONNECT bytes.
 pub(super) async fn handle_stream(
     shared: Arc<Shared>,
     agent: Arc<str>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+) {
     if req
         .uri()
         .authority()
@@ -44,24 +49,47 @@ pub(super) async fn handle_stream(
     {
         let mut response = Response::new(empty());
         *response.status_mut() = StatusCode::NO_CONTENT;
-        return Ok(response);
+        reply(respond, response).await;
+        return;
     }
     let span = debug_span!("stream", method = %req.method(), target = field::Empty);
-    let result = async {
-        check_rate(&shared, &agent)?;
-        if req.method() == Method::CONNECT {
-            connect(&shared, req).await
-        } else {
-            forward(&shared, req).await
-        }
+    async move {
+        let result = match check_rate(&shared, &agent) {
+            Err(err) => Err(err),
+            Ok(()) if req.method() == Method::CONNECT => match connect(&shared, &req).await {
+                Ok((socket, kind)) => {
+                    relay(&shared, req.into_body(), respond, socket, kind);
+                    return;
+                }
+                Err(err) => Err(err),
+            },
+            Ok(()) => forward(&shared, req).await,
+        };
+        let response = result.unwrap_or_else(|err| {
+            shared.metrics.error(err.class());
+            debug!(error = %err, class = err.class(), "stream failed");
+            error_response(&err)
+        });
+        reply(respond, response).await;
     }
     .instrument(span)
     .await;
-    Ok(result.unwrap_or_else(|err| {
-        shared.metrics.error(err.class());
-        debug!(error = %err, class = err.class(), "stream failed");
-        error_response(&err)
-    }))
+}
+
+/// Sends `response` on the stream: the head, then the body as the window allows (a failed body resets the stream).
+async fn reply(mut respond: SendResponse<Bytes>, response: Response<Body>) {
+    let (parts, body) = response.into_parts();
+    let end = body.is_end_stream();
+    let send = match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(send) => send,
+        Err(err) => {
+            debug!(error = %err, "response not sent");
+            return;
+        }
+    };
+    if !end && let Err(err) = send_body(body, send).await {
+        debug!(error = %err, "response body not sent whole");
+    }
 }
 
 fn check_rate(shared: &Shared, agent: &Arc<str>) -> Result<(), ForwardError> {
@@ -76,11 +104,11 @@ fn check_rate(shared: &Shared, agent: &Arc<str>) -> Result<(), ForwardError> {
     })
 }
 
-/// CONNECT: dial the target, answer 200, then splice the stream and the socket in a task of its own.
+/// CONNECT: dials the target; the stream is answered once the socket is open.
 async fn connect(
     shared: &Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ForwardError> {
+    req: &Request<RecvStream>,
+) -> Result<(TcpStream, StreamKind), ForwardError> {
     let authority = req
         .uri()
         .authority()
@@ -97,21 +125,32 @@ async fn connect(
         .dial(&target)
         .await
         .map_err(|err| classify_target_error(&*err))?;
+    Ok((socket, kind))
+}
+
+/// Answers a CONNECT stream with `200` and splices it with the target's socket in a task of its own.
+fn relay(
+    shared: &Arc<Shared>,
+    recv: RecvStream,
+    mut respond: SendResponse<Bytes>,
+    socket: TcpStream,
+    kind: StreamKind,
+) {
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(send) => send,
+        Err(err) => {
+            debug!(error = %err, "CONNECT stream gone before its answer");
+            return;
+        }
+    };
     let guard = shared.metrics.stream_opened(kind);
     let idle = shared.config.idle_timeout;
     let task_shared = shared.clone();
     shared.drain.tasks.spawn(
         async move {
-            let upgraded = match hyper::upgrade::on(req).await {
-                Ok(upgraded) => upgraded,
-                Err(err) => {
-                    debug!(error = %err, "CONNECT stream not upgraded");
-                    return;
-                }
-            };
             let task = &task_shared;
             splice::relay(
-                TokioIo::new(upgraded),
+                TunnelStream::open(send, recv),
                 socket,
                 idle,
                 &task.drain.kill,
@@ -122,14 +161,13 @@ async fn connect(
         }
         .in_current_span(),
     );
-    Ok(Response::new(empty()))
 }
 
 /// A plain request: forwarded to the target over HTTP/1.1 by the pooled client; the response, redirects included,
 /// goes back as it came.
 async fn forward(
     shared: &Arc<Shared>,
-    req: Request<Incoming>,
+    req: Request<RecvStream>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
     plain_http_target(&parts.uri)?;
@@ -138,7 +176,7 @@ async fn forward(
     parts.headers.remove(header::HOST);
     parts.version = Version::HTTP_11;
     let guard = shared.metrics.stream_opened(StreamKind::Http);
-    let body = Counted::new(body, shared.metrics.bytes.up.clone(), None)
+    let body = Counted::new(TunnelBody::new(body), shared.metrics.bytes.up.clone(), None)
         .map_err(Into::into)
         .boxed();
     let pending = shared.client.request(Request::from_parts(parts, body));

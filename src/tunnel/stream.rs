@@ -231,7 +231,11 @@ impl HttpBody for TunnelBody {
 }
 
 /// Sends `data` on `send`, waiting for window capacity as needed; `end` marks its last frame END_STREAM.
-async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), BoxError> {
+async fn send_all(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> Result<(), BoxError> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
         let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))

@@ -153,6 +153,7 @@ impl TestPki {
 }
 
 use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// A server running in this process until dropped or shut down.
 pub struct ServerHandle {
@@ -310,6 +311,36 @@ pub async fn health_status(agent: SocketAddr) -> Option<u16> {
     .await
     .ok()?;
     parse_status(&response)
+}
+
+/// A TLS client for the tunnel port: trusts `ca`, presents `identity` if given, speaks only `versions`.
+pub fn client_config(
+    ca: &std::path::Path,
+    identity: Option<&TlsFiles>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(files) => {
+            let chain = CertificateDer::pem_file_iter(&files.cert_file)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&files.key_file).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
 }
 
 /// Sends raw bytes and reads until the peer closes (bounded to 5 s).
