@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use http::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::sync::Arc;
 
 /// Tries to open a CONNECT stream to `target` over a fresh tunnel with `config`; true if the server let it through.
@@ -24,18 +23,24 @@ async fn server_accepts(
     else {
         return false;
     };
-    let Ok((mut sender, conn)) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await
-    else {
+    let Ok((sender, conn)) = h2::client::handshake(tls).await else {
         return false;
     };
-    tokio::spawn(conn);
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
     let request = Request::builder()
         .method(Method::CONNECT)
         .uri(target)
-        .body(empty_body())
+        .body(())
         .unwrap();
-    matches!(sender.send_request(request).await, Ok(response) if response.status() == StatusCode::OK)
+    let Ok(mut sender) = sender.ready().await else {
+        return false;
+    };
+    let Ok((response, _send)) = sender.send_request(request, false) else {
+        return false;
+    };
+    matches!(response.await, Ok(response) if response.status() == StatusCode::OK)
 }
 
 async fn handshake_failures(health: std::net::SocketAddr) -> u64 {
