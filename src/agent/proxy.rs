@@ -194,12 +194,14 @@ fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: TunnelStream, g
 }
 
 async fn relay(shared: &Shared, caller: hyper::upgrade::Upgraded, stream: TunnelStream) {
-    splice::relay(
+    let bytes = &shared.metrics.bytes;
+    splice::relay_tunnel(
         TokioIo::new(caller),
         stream,
         shared.config.idle_timeout,
         &shared.drain.kill,
-        &shared.metrics.bytes,
+        &bytes.up,
+        &bytes.down,
     )
     .await;
 }

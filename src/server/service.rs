@@ -149,12 +149,15 @@ fn relay(
     shared.drain.tasks.spawn(
         async move {
             let task = &task_shared;
-            splice::relay(
-                TunnelStream::open(send, recv),
+            let bytes = &task.metrics.bytes;
+            // Bytes from the target travel down to the agent; bytes to it came up.
+            splice::relay_tunnel(
                 socket,
+                TunnelStream::open(send, recv),
                 idle,
                 &task.drain.kill,
-                &task.metrics.bytes,
+                &bytes.down,
+                &bytes.up,
             )
             .await;
             drop(guard);

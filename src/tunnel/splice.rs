@@ -11,6 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::COPY_BUFFER_BYTES;
+use super::stream::{TunnelReader, TunnelStream, TunnelWriter};
+use bytes::{Buf, Bytes};
+use prometheus_client::metrics::counter::Counter;
 
 /// Bytes moved by a splice, counted as they move (so they are known even when the splice ends in an error).
 #[derive(Debug, Default)]
@@ -49,6 +52,39 @@ where
         )
         .map(drop)
     };
+    until_idle(both, &clock, idle).await
+}
+
+/// [`splice`] between a byte stream `a` and a tunnel stream, without copying in between: what is read from `a` goes
+/// into the tunnel in the buffer it was read into, and the tunnel's chunks are written to `a` as they arrived.
+pub(crate) async fn splice_tunnel<A>(
+    a: A,
+    tunnel: TunnelStream,
+    idle: Option<Duration>,
+    moved: &Moved,
+) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let clock = Activity::new();
+    let (a_read, a_write) = tokio::io::split(a);
+    let (t_read, t_write) = tunnel.split();
+    let both = async {
+        tokio::try_join!(
+            pump_into_tunnel(a_read, t_write, &moved.a_to_b, &clock),
+            pump_out_of_tunnel(t_read, a_write, &moved.b_to_a, &clock),
+        )
+        .map(drop)
+    };
+    until_idle(both, &clock, idle).await
+}
+
+/// Runs `both` until it ends or nothing has moved for `idle` (then `TimedOut`).
+async fn until_idle(
+    both: impl std::future::Future<Output = io::Result<()>>,
+    clock: &Activity,
+    idle: Option<Duration>,
+) -> io::Result<()> {
     match idle {
         None => both.await,
         Some(limit) => {
@@ -89,6 +125,112 @@ where
         count.fetch_add(n as u64, Ordering::Relaxed);
         writer.write_all(&buf[..n]).await?;
     }
+}
+
+/// Chunks gathered for one write to the caller's socket (when several frames have arrived at once).
+const CHUNKS_PER_WRITE: usize = 16;
+
+/// Byte stream → tunnel: each buffer read goes into the tunnel as it is, and the next read takes a fresh one.
+async fn pump_into_tunnel<R>(
+    mut reader: R,
+    mut writer: TunnelWriter,
+    count: &AtomicU64,
+    clock: &Activity,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let n = fill(&mut reader, &mut writer, &mut buf).await?;
+        if n == 0 {
+            return writer.finish();
+        }
+        clock.touch();
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        let capacity = buf.capacity();
+        // A read that filled its buffer means bytes are streaming: read in large chunks from now on (as `fill`).
+        let next = if n == capacity {
+            capacity.max(COPY_BUFFER_BYTES)
+        } else {
+            capacity
+        };
+        let chunk = std::mem::replace(&mut buf, Vec::with_capacity(next));
+        writer.send(Bytes::from(chunk)).await?;
+    }
+}
+
+/// Tunnel → byte stream: the chunks that have arrived are written out as they are, several in one vectored write
+/// when several are there. Flushes `writer` before waiting.
+async fn pump_out_of_tunnel<W>(
+    mut reader: TunnelReader,
+    mut writer: W,
+    count: &AtomicU64,
+    clock: &Activity,
+) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(CHUNKS_PER_WRITE);
+    loop {
+        let next = match poll_once(reader.chunk()).await {
+            Some(next) => next?,
+            None => {
+                writer.flush().await?;
+                reader.chunk().await?
+            }
+        };
+        let Some(first) = next else {
+            writer.shutdown().await?;
+            return Ok(());
+        };
+        let mut n = first.len();
+        chunks.push(first);
+        // An end or error met here is met again by the next `chunk` (h2 reports them on every poll).
+        while chunks.len() < CHUNKS_PER_WRITE && n < COPY_BUFFER_BYTES {
+            let Some(Ok(Some(more))) = poll_once(reader.chunk()).await else {
+                break;
+            };
+            n += more.len();
+            chunks.push(more);
+        }
+        clock.touch();
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        write_chunks(&mut writer, &mut chunks).await?;
+    }
+}
+
+/// Writes every chunk whole, with vectored writes, and empties `chunks`.
+async fn write_chunks<W>(writer: &mut W, chunks: &mut Vec<Bytes>) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut first = 0;
+    while first < chunks.len() {
+        let mut slices = [io::IoSlice::new(&[]); CHUNKS_PER_WRITE];
+        let live = &chunks[first..];
+        for (slice, chunk) in slices.iter_mut().zip(live) {
+            *slice = io::IoSlice::new(chunk);
+        }
+        let mut written = writer
+            .write_vectored(&slices[..live.len().min(CHUNKS_PER_WRITE)])
+            .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let chunk = &mut chunks[first];
+            if written >= chunk.len() {
+                written -= chunk.len();
+                first += 1;
+            } else {
+                chunk.advance(written);
+                written = 0;
+            }
+        }
+    }
+    chunks.clear();
+    Ok(())
 }
 
 /// Reads the next bytes into `buf` (replacing its contents); 0 at EOF. Flushes `writer` before waiting, and
@@ -156,8 +298,33 @@ pub(crate) async fn relay<A, B>(
         result = splice(a, b, idle, &moved) => result,
         () = kill.cancelled() => Ok(()),
     };
-    bytes.up.inc_by(moved.a_to_b.load(Ordering::Relaxed));
-    bytes.down.inc_by(moved.b_to_a.load(Ordering::Relaxed));
+    report(&moved, &bytes.up, &bytes.down, result);
+}
+
+/// [`relay`] between a byte stream `a` and a tunnel stream, through [`splice_tunnel`]. `from_a` counts the bytes
+/// read from `a`, `to_a` those written to it.
+pub(crate) async fn relay_tunnel<A>(
+    a: A,
+    tunnel: TunnelStream,
+    idle: Option<Duration>,
+    kill: &tokio_util::sync::CancellationToken,
+    from_a: &Counter,
+    to_a: &Counter,
+) where
+    A: AsyncRead + AsyncWrite + Unpin,
+{
+    let moved = Moved::default();
+    let result = tokio::select! {
+        result = splice_tunnel(a, tunnel, idle, &moved) => result,
+        () = kill.cancelled() => Ok(()),
+    };
+    report(&moved, from_a, to_a, result);
+}
+
+/// Adds what a splice moved to the counters and logs how it ended, at debug.
+fn report(moved: &Moved, a_to_b: &Counter, b_to_a: &Counter, result: io::Result<()>) {
+    a_to_b.inc_by(moved.a_to_b.load(Ordering::Relaxed));
+    b_to_a.inc_by(moved.b_to_a.load(Ordering::Relaxed));
     match result {
         Ok(()) => tracing::debug!("stream closed"),
         Err(err) => tracing::debug!(error = %err, "stream ended"),

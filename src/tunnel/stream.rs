@@ -39,69 +39,62 @@ enum RecvSide {
 
 /// A CONNECT stream as a byte stream. Writes go out at once, even before the server has answered (they wait in the
 /// stream's window); reads first wait for the answer and fail with `ConnectionRefused` unless it is `200`.
+///
+/// [`split`](Self::split) gives its two halves, which also move data as [`Bytes`] without copying it (what the
+/// relay between a socket and the tunnel uses); the `AsyncRead`/`AsyncWrite` impls copy, for callers that need
+/// a plain byte stream (hyper's HTTP/1.1 client on the WebSocket path).
 pub(crate) struct TunnelStream {
-    send: SendStream<Bytes>,
+    reader: TunnelReader,
+    writer: TunnelWriter,
+}
+
+/// The receiving half of a [`TunnelStream`].
+pub(crate) struct TunnelReader {
     recv: RecvSide,
+    /// The part of a chunk a read had no room for.
     pending: Bytes,
+}
+
+/// The sending half of a [`TunnelStream`].
+pub(crate) struct TunnelWriter {
+    send: SendStream<Bytes>,
     shut: bool,
 }
 
 impl TunnelStream {
     /// A stream whose answer has not arrived yet.
     pub(crate) fn awaiting(send: SendStream<Bytes>, response: ResponseFuture) -> Self {
-        Self {
-            send,
-            recv: RecvSide::Waiting(response),
-            pending: Bytes::new(),
-            shut: false,
-        }
+        Self::new(send, RecvSide::Waiting(response))
     }
 
-    /// A stream whose `200` has arrived.
+    /// A stream whose `200` has arrived (or, on the server, that has been answered).
     pub(crate) fn open(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self::new(send, RecvSide::Open(recv))
+    }
+
+    fn new(send: SendStream<Bytes>, recv: RecvSide) -> Self {
         Self {
-            send,
-            recv: RecvSide::Open(recv),
-            pending: Bytes::new(),
-            shut: false,
+            reader: TunnelReader {
+                recv,
+                pending: Bytes::new(),
+            },
+            writer: TunnelWriter { send, shut: false },
         }
     }
 
-    /// Copies frames that have already arrived into `buf` while it has room, so one read hands the caller several
-    /// frames (one write to the caller's socket instead of one per frame). Never waits; what does not fit stays in
-    /// `pending`. An end or error seen here is seen again by the next read (h2 reports them on every poll).
-    fn top_up(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) {
-        let RecvSide::Open(recv) = &mut self.recv else {
-            return;
-        };
-        while buf.remaining() > 0 {
-            let Poll::Ready(Some(Ok(data))) = recv.poll_data(cx) else {
-                return;
-            };
-            let _ = recv.flow_control().release_capacity(data.len());
-            let n = data.len().min(buf.remaining());
-            buf.put_slice(&data[..n]);
-            if n < data.len() {
-                self.pending = data.slice(n..);
-            }
-        }
+    pub(crate) fn split(self) -> (TunnelReader, TunnelWriter) {
+        (self.reader, self.writer)
     }
 }
 
-impl AsyncRead for TunnelStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+impl TunnelReader {
+    /// The next chunk as it arrived, after the answer if that is still awaited; `None` at the end. Capacity is
+    /// released as soon as the bytes are ours: whoever consumes them applies the back-pressure.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+        }
         loop {
-            if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.remaining());
-                buf.put_slice(&self.pending[..n]);
-                self.pending.advance(n);
-                self.top_up(cx, buf);
-                return Poll::Ready(Ok(()));
-            }
             let recv = match &mut self.recv {
                 RecvSide::Waiting(response) => {
                     let response = ready!(Pin::new(response).poll(cx)).map_err(h2_to_io)?;
@@ -116,19 +109,138 @@ impl AsyncRead for TunnelStream {
                 }
                 RecvSide::Open(recv) => recv,
             };
-            match ready!(recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(())),
+            return match ready!(recv.poll_data(cx)) {
+                None => Poll::Ready(Ok(None)),
+                Some(Ok(data)) if data.is_empty() => continue,
                 Some(Ok(data)) => {
-                    // Releasing as soon as the bytes are ours: the caller's socket applies the back-pressure.
                     let _ = recv.flow_control().release_capacity(data.len());
-                    self.pending = data;
+                    Poll::Ready(Ok(Some(data)))
                 }
-                Some(Err(err)) if err.reason() == Some(Reason::NO_ERROR) => {
-                    return Poll::Ready(Ok(()));
-                }
-                Some(Err(err)) => return Poll::Ready(Err(h2_to_io(err))),
-            }
+                Some(Err(err)) if err.reason() == Some(Reason::NO_ERROR) => Poll::Ready(Ok(None)),
+                Some(Err(err)) => Poll::Ready(Err(h2_to_io(err))),
+            };
         }
+    }
+
+    /// The next chunk, as [`poll_chunk`](Self::poll_chunk). Cancel safe.
+    pub(crate) async fn chunk(&mut self) -> io::Result<Option<Bytes>> {
+        std::future::poll_fn(|cx| self.poll_chunk(cx)).await
+    }
+
+    /// Copies as much of `data` as fits into `buf` and keeps the rest for the next read.
+    fn put(&mut self, mut data: Bytes, buf: &mut ReadBuf<'_>) {
+        let n = data.len().min(buf.remaining());
+        buf.put_slice(&data[..n]);
+        data.advance(n);
+        self.pending = data;
+    }
+}
+
+impl AsyncRead for TunnelReader {
+    /// Hands over every chunk that has already arrived while `buf` has room (one write to the caller's socket
+    /// instead of one per frame); waits only for the first. An end or error met while topping up is met again by
+    /// the next read (h2 reports them on every poll).
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(data) = ready!(self.poll_chunk(cx))? else {
+            return Poll::Ready(Ok(()));
+        };
+        self.put(data, buf);
+        while buf.remaining() > 0 {
+            let Poll::Ready(Ok(Some(data))) = self.poll_chunk(cx) else {
+                break;
+            };
+            self.put(data, buf);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Window capacity for up to `wanted` bytes on `send` (at least one byte); the reset's reason once the stream can
+/// take no more.
+fn poll_granted(
+    send: &mut SendStream<Bytes>,
+    cx: &mut Context<'_>,
+    wanted: usize,
+) -> Poll<io::Result<usize>> {
+    // Ask for exactly what is to be sent: nothing is buffered past the window.
+    send.reserve_capacity(wanted);
+    let closed = match ready!(send.poll_capacity(cx)) {
+        Some(Ok(granted)) if granted > 0 => return Poll::Ready(Ok(granted.min(wanted))),
+        // A zero grant or an error: the reset poll below tells whether to wait (it registers the waker too).
+        Some(_) => false,
+        None => true,
+    };
+    match send.poll_reset(cx) {
+        Poll::Ready(Ok(Reason::NO_ERROR | Reason::CANCEL | Reason::STREAM_CLOSED)) => {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+        Poll::Ready(Ok(reason)) => Poll::Ready(Err(io::Error::other(h2::Error::from(reason)))),
+        Poll::Ready(Err(err)) => Poll::Ready(Err(h2_to_io(err))),
+        // No longer sendable and no reset to report: never comes back.
+        Poll::Pending if closed => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl TunnelWriter {
+    /// Sends `data` itself (no copy), as the window allows.
+    pub(crate) async fn send(&mut self, mut data: Bytes) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = std::future::poll_fn(|cx| poll_granted(&mut self.send, cx, data.len())).await?;
+            self.send
+                .send_data(data.split_to(n), false)
+                .map_err(h2_to_io)?;
+        }
+        Ok(())
+    }
+
+    /// END_STREAM: the other side half-closes the target or caller socket.
+    pub(crate) fn finish(&mut self) -> io::Result<()> {
+        if !self.shut {
+            self.shut = true;
+            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
+        }
+        Ok(())
+    }
+}
+
+impl AsyncWrite for TunnelWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = ready!(poll_granted(&mut self.send, cx, buf.len()))?;
+        self.send
+            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(h2_to_io)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection task writes frames as soon as they are queued.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.finish())
+    }
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.reader).poll_read(cx, buf)
     }
 }
 
@@ -138,45 +250,15 @@ impl AsyncWrite for TunnelStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        // Ask for exactly what is written and wait for the window to grant it: nothing is buffered past the window.
-        self.send.reserve_capacity(buf.len());
-        let granted = match ready!(self.send.poll_capacity(cx)) {
-            Some(Ok(granted)) if granted > 0 => {
-                let n = granted.min(buf.len());
-                self.send
-                    .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .ok()
-                    .map(|()| n)
-            }
-            _ => None,
-        };
-        if let Some(n) = granted {
-            return Poll::Ready(Ok(n));
-        }
-        match ready!(self.send.poll_reset(cx)) {
-            Ok(Reason::NO_ERROR | Reason::CANCEL | Reason::STREAM_CLOSED) => {
-                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
-            }
-            Ok(reason) => Poll::Ready(Err(io::Error::other(h2::Error::from(reason)))),
-            Err(err) => Poll::Ready(Err(h2_to_io(err))),
-        }
+        Pin::new(&mut self.writer).poll_write(cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The connection task writes frames as soon as they are queued.
-        Poll::Ready(Ok(()))
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.shut {
-            self.shut = true;
-            // END_STREAM: the server half-closes the target socket.
-            self.send.send_data(Bytes::new(), true).map_err(h2_to_io)?;
-        }
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_shutdown(cx)
     }
 }
 
@@ -231,17 +313,10 @@ impl HttpBody for TunnelBody {
 }
 
 /// Sends `data` on `send`, waiting for window capacity as needed; `end` marks its last frame END_STREAM.
-async fn send_all(
-    send: &mut SendStream<Bytes>,
-    mut data: Bytes,
-    end: bool,
-) -> Result<(), BoxError> {
+async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), BoxError> {
     while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
-            .await
-            .ok_or("tunnel stream closed")??;
-        let chunk = data.split_to(granted.min(data.len()));
+        let n = std::future::poll_fn(|cx| poll_granted(send, cx, data.len())).await?;
+        let chunk = data.split_to(n);
         send.send_data(chunk, end && data.is_empty())?;
     }
     Ok(())
