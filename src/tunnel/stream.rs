@@ -313,7 +313,11 @@ impl HttpBody for TunnelBody {
 }
 
 /// Sends `data` on `send`, waiting for window capacity as needed; `end` marks its last frame END_STREAM.
-async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), BoxError> {
+async fn send_all(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+) -> Result<(), BoxError> {
     while !data.is_empty() {
         let n = std::future::poll_fn(|cx| poll_granted(send, cx, data.len())).await?;
         let chunk = data.split_to(n);
