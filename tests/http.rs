@@ -446,3 +446,54 @@ async fn a_thousand_downloads_cancelled_midway_keep_one_tunnel() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_server_reuses_origin_connections_across_requests() {
+    within(60, async {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let t = tunnel().await;
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let origin = serve_each(move |stream| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(stream),
+                        hyper::service::service_fn(origin_route),
+                    )
+                    .await;
+            }
+        })
+        .await;
+        let url = format!("http://{}/bytes/1000", origin.addr);
+        for _ in 0..20 {
+            let (status, body) = get(t.agent.addr, &url).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(body.len(), 1000);
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one origin connection for 20 requests in a row"
+        );
+        // Eight callers at once need at most eight, kept for the next round.
+        for _ in 0..3 {
+            let mut round = tokio::task::JoinSet::new();
+            for _ in 0..8 {
+                let url = url.clone();
+                let agent = t.agent.addr;
+                round.spawn(async move { get(agent, &url).await.0 });
+            }
+            while let Some(status) = round.join_next().await {
+                assert_eq!(status.unwrap(), StatusCode::OK);
+            }
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!(
+            opened <= 8,
+            "{opened} origin connections for 8 parallel callers"
+        );
+    })
+    .await;
+}

@@ -566,7 +566,7 @@ pub async fn spawn_tls_origin(pki: &TestPki) -> Origin {
     .await
 }
 
-async fn origin_route(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+pub async fn origin_route(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_string();
     let response = if path == "/echo" {
         let mut text = format!(
