@@ -188,14 +188,8 @@ fn poll_granted(
 
 impl TunnelWriter {
     /// Sends `data` itself (no copy), as the window allows.
-    pub(crate) async fn send(&mut self, mut data: Bytes) -> io::Result<()> {
-        while !data.is_empty() {
-            let n = std::future::poll_fn(|cx| poll_granted(&mut self.send, cx, data.len())).await?;
-            self.send
-                .send_data(data.split_to(n), false)
-                .map_err(h2_to_io)?;
-        }
-        Ok(())
+    pub(crate) async fn send(&mut self, data: Bytes) -> io::Result<()> {
+        send_all(&mut self.send, data, false).await
     }
 
     /// END_STREAM: the other side half-closes the target or caller socket.
@@ -313,15 +307,12 @@ impl HttpBody for TunnelBody {
 }
 
 /// Sends `data` on `send`, waiting for window capacity as needed; `end` marks its last frame END_STREAM.
-async fn send_all(
-    send: &mut SendStream<Bytes>,
-    mut data: Bytes,
-    end: bool,
-) -> Result<(), BoxError> {
+async fn send_all(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> io::Result<()> {
     while !data.is_empty() {
         let n = std::future::poll_fn(|cx| poll_granted(send, cx, data.len())).await?;
         let chunk = data.split_to(n);
-        send.send_data(chunk, end && data.is_empty())?;
+        send.send_data(chunk, end && data.is_empty())
+            .map_err(h2_to_io)?;
     }
     Ok(())
 }
@@ -354,11 +345,11 @@ where
                     // END_STREAM rides on the last data frame when the body knows it is done (a known length):
                     // the receiver may drop a stream whose declared length has arrived, and one still open then
                     // is reset, which h2 counts against the connection.
-                    if body.is_end_stream() && !data.is_empty() {
-                        send_all(&mut send, data, true).await?;
+                    let end = body.is_end_stream() && !data.is_empty();
+                    send_all(&mut send, data, end).await?;
+                    if end {
                         return Ok(());
                     }
-                    send_all(&mut send, data, false).await?;
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
