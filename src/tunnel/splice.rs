@@ -148,13 +148,7 @@ where
         }
         clock.touch();
         count.fetch_add(n as u64, Ordering::Relaxed);
-        let capacity = buf.capacity();
-        // A read that filled its buffer means bytes are streaming: read in large chunks from now on (as `fill`).
-        let next = if n == capacity {
-            capacity.max(COPY_BUFFER_BYTES)
-        } else {
-            capacity
-        };
+        let next = next_capacity(n, buf.capacity());
         let chunk = std::mem::replace(&mut buf, Vec::with_capacity(next));
         writer.send(Bytes::from(chunk)).await?;
     }
@@ -233,6 +227,16 @@ where
     Ok(())
 }
 
+/// The capacity for the next read after one that read `len` bytes into a buffer of `capacity`: a read that filled
+/// its buffer means bytes are streaming, so read in large chunks from then on.
+fn next_capacity(len: usize, capacity: usize) -> usize {
+    if len > 0 && len == capacity && capacity < COPY_BUFFER_BYTES {
+        COPY_BUFFER_BYTES
+    } else {
+        capacity
+    }
+}
+
 /// Reads the next bytes into `buf` (replacing its contents); 0 at EOF. Flushes `writer` before waiting, and
 /// releases the buffer when nothing arrives for [`BUFFER_RELEASE_AFTER`].
 async fn fill<R, W>(reader: &mut R, writer: &mut W, buf: &mut Vec<u8>) -> io::Result<usize>
@@ -240,9 +244,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    if !buf.is_empty() && buf.len() == buf.capacity() && buf.capacity() < COPY_BUFFER_BYTES {
-        // The last read filled the buffer: bytes are streaming, so read in large chunks from now on.
-        *buf = Vec::with_capacity(COPY_BUFFER_BYTES);
+    let capacity = next_capacity(buf.len(), buf.capacity());
+    if capacity != buf.capacity() {
+        *buf = Vec::with_capacity(capacity);
     }
     buf.clear();
     if buf.capacity() > 0 {
