@@ -16,14 +16,7 @@ async fn server_accepts(
     config: Arc<rustls::ClientConfig>,
     target: &str,
 ) -> bool {
-    let tcp = tokio::net::TcpStream::connect(server).await.unwrap();
-    let Ok(tls) = tokio_rustls::TlsConnector::from(config)
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-    else {
-        return false;
-    };
-    let Ok((sender, conn)) = h2::client::handshake(tls).await else {
+    let Ok((sender, conn)) = open_tunnel(server, config).await else {
         return false;
     };
     let _conn = AbortOnDrop(tokio::spawn(async move {

@@ -349,20 +349,12 @@ async fn the_server_closes_a_tunnel_whose_agent_stops_answering_pings() {
             Some(&pki.client_tls()),
             &[&rustls::version::TLS13],
         );
-        let open = |tls: std::sync::Arc<rustls::ClientConfig>| async move {
-            let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-            let tls = tokio_rustls::TlsConnector::from(tls)
-                .connect("localhost".try_into().unwrap(), tcp)
-                .await
-                .unwrap();
-            h2::client::handshake(tls).await.unwrap()
-        };
         // One agent keeps its connection polled (it answers pings), the other never reads again.
-        let (live_sender, live_conn) = open(tls.clone()).await;
+        let (live_sender, live_conn) = open_tunnel(server.addr, tls.clone()).await.unwrap();
         let live = AbortOnDrop(tokio::spawn(async move {
             let _ = live_conn.await;
         }));
-        let (_silent_sender, silent_conn) = open(tls).await;
+        let (_silent_sender, silent_conn) = open_tunnel(server.addr, tls).await.unwrap();
         let health = server.health;
         let agents = "fluidity_server_agent_connections";
         eventually(10, "both tunnels to be up", || async move {

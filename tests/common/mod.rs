@@ -343,6 +343,25 @@ pub fn client_config(
     Arc::new(config)
 }
 
+/// The agent's side of a tunnel to `server`, opened by hand: TCP, TLS with `config`, then the HTTP/2 handshake.
+/// The connection comes back unpolled: the caller decides whether it is driven (and so answers pings).
+pub async fn open_tunnel(
+    server: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<
+    (
+        h2::client::SendRequest<Bytes>,
+        h2::client::Connection<tokio_rustls::client::TlsStream<TcpStream>>,
+    ),
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let tcp = TcpStream::connect(server).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await?;
+    Ok(h2::client::handshake(tls).await?)
+}
+
 /// Sends raw bytes and reads until the peer closes (bounded to 5 s).
 pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await?;
