@@ -1006,51 +1006,35 @@ class Bench:
         # the near instances are not needed any more
         for s in list(self.near):
             self.sysobj[s].stop(self.near.pop(s))
+
+        def far_bulk(inst):
+            return self.bulk_once(inst, "connect", self.p["far_bytes"], far=True)[0]
+
+        self.far_round("distance", None, {"far_bulk_mbps": far_bulk, "far_page_ms": self.page_once})
+        # Bulk over the same path capped at a link rate, as a real long path is: the relay, not the CPU, is then the
+        # bottleneck, so what this figure measures is whether the windows cover the bandwidth-delay product.
+        link = self.p["link_mbit"]
+        self.far_round(f"distance, {link} Mbit/s link,", link, {"far_link_bulk_mbps": far_bulk})
+
+    def far_round(self, label, link_mbit, figures):
+        """Starts every CONNECT-capable system behind the relay (a link of `link_mbit` Mbit/s, or uncapped), measures
+        each of `figures` (key -> function of the instance) rep by rep, and stops the systems."""
         far = {}
         try:
             for s in self.systems_for(True):
                 try:
-                    far[s] = self.sysobj[s].start(far=True)
+                    far[s] = self.sysobj[s].start(far=True, link_mbit=link_mbit)
                 except Exception as e:  # noqa: BLE001
-                    for k in ("far_bulk_mbps", "far_page_ms"):
+                    for k in figures:
                         self.res.failed(s, k, f"could not start behind the relay: {e}")
             for rep in range(self.p["reps"]):
-                for s in far:
-                    log(f"distance rep {rep + 1}: {s}")
-                    inst = far[s]
-                    try:
-                        mbps, _ = self.bulk_once(inst, "connect", self.p["far_bytes"], far=True)
-                        self.res.add(s, "far_bulk_mbps", mbps, rep)
-                    except Exception as e:  # noqa: BLE001
-                        self.res.failed(s, "far_bulk_mbps", e)
-                    try:
-                        self.res.add(s, "far_page_ms", self.page_once(inst), rep)
-                    except Exception as e:  # noqa: BLE001
-                        self.res.failed(s, "far_page_ms", e)
-        finally:
-            for s, inst in far.items():
-                self.sysobj[s].stop(inst)
-        self.w_distance_link()
-
-    def w_distance_link(self):
-        """Bulk over the same path capped at a link rate, as a real long path is: the relay, not the CPU, is then
-        the bottleneck, so what this figure measures is whether the windows cover the bandwidth-delay product."""
-        key = "far_link_bulk_mbps"
-        far = {}
-        try:
-            for s in self.systems_for(True):
-                try:
-                    far[s] = self.sysobj[s].start(far=True, link_mbit=self.p["link_mbit"])
-                except Exception as e:  # noqa: BLE001
-                    self.res.failed(s, key, f"could not start behind the relay: {e}")
-            for rep in range(self.p["reps"]):
-                for s in far:
-                    log(f"distance, {self.p['link_mbit']} Mbit/s link, rep {rep + 1}: {s}")
-                    try:
-                        mbps, _ = self.bulk_once(far[s], "connect", self.p["far_bytes"], far=True)
-                        self.res.add(s, key, mbps, rep)
-                    except Exception as e:  # noqa: BLE001
-                        self.res.failed(s, key, e)
+                for s, inst in far.items():
+                    log(f"{label} rep {rep + 1}: {s}")
+                    for key, measure in figures.items():
+                        try:
+                            self.res.add(s, key, measure(inst), rep)
+                        except Exception as e:  # noqa: BLE001
+                            self.res.failed(s, key, e)
         finally:
             for s, inst in far.items():
                 self.sysobj[s].stop(inst)
