@@ -32,7 +32,7 @@ use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::{
     Body, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, RESET_STREAMS_REMEMBERED,
-    STREAM_WINDOW_BYTES, buffered,
+    STREAM_WINDOW_BYTES, TLS_WRITE_BUFFER_BYTES, buffered,
 };
 use dial::{Dialer, TargetConnector};
 use guard::HandshakeGuard;
@@ -290,7 +290,7 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
         shared.config.tls_handshake_timeout,
         acceptor.accept(buffered(tcp)),
     );
-    let stream = match handshake.await {
+    let mut stream = match handshake.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
             shared.metrics.handshake_failures.inc();
@@ -312,6 +312,10 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
         warn!(%peer, reason = "no h2 in ALPN", "agent refused: handshake failed");
         return;
     }
+    stream
+        .get_mut()
+        .1
+        .set_buffer_limit(Some(TLS_WRITE_BUFFER_BYTES));
     let serial = stream
         .get_ref()
         .1

@@ -63,6 +63,11 @@ pub(crate) const MAX_FRAME_BYTES: u32 = 64 * 1024;
 /// 7 % less CPU per GiB for agent + server). Allocated once per tunnel connection.
 pub(crate) const TLS_READ_BUFFER_BYTES: usize = 64 * 1024;
 
+/// Encrypted bytes TLS may hold for the socket (rustls's default is 64 KiB). rustls takes plaintext only while its
+/// output fits under this limit, so with the default a 64 KiB DATA frame plus its 9-byte header went out as two
+/// socket writes: four full records, then a record of 9 bytes in a TCP segment of its own.
+pub(crate) const TLS_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+
 /// The tunnel's TCP socket with the read buffer TLS runs over.
 pub(crate) fn buffered<S: tokio::io::AsyncRead>(tcp: S) -> tokio::io::BufReader<S> {
     tokio::io::BufReader::with_capacity(TLS_READ_BUFFER_BYTES, tcp)
