@@ -130,6 +130,10 @@ where
 /// Chunks gathered for one write to the caller's socket (when several frames have arrived at once).
 const CHUNKS_PER_WRITE: usize = 16;
 
+/// Bytes gathered for one write to the caller's socket: several 64 KiB frames, so a bulk download wakes the caller
+/// once per several frames rather than once per frame.
+const GATHER_BYTES: usize = 4 * COPY_BUFFER_BYTES;
+
 /// Byte stream → tunnel: each buffer read goes into the tunnel as it is, and the next read takes a fresh one.
 async fn pump_into_tunnel<R>(
     mut reader: R,
@@ -181,7 +185,7 @@ where
         let mut n = first.len();
         chunks.push(first);
         // An end or error met here is met again by the next `chunk` (h2 reports them on every poll).
-        while chunks.len() < CHUNKS_PER_WRITE && n < COPY_BUFFER_BYTES {
+        while chunks.len() < CHUNKS_PER_WRITE && n < GATHER_BYTES {
             let Some(Ok(Some(more))) = poll_once(reader.chunk()).await else {
                 break;
             };
