@@ -28,13 +28,26 @@ use crate::tunnel::body::Counted;
 use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
 use crate::tunnel::splice;
 use crate::tunnel::stream::{TunnelBody, TunnelStream, send_body};
-use crate::tunnel::{Body, STREAM_KIND_HEADER, empty, plain_http_target, text_response};
+use crate::tunnel::{
+    Body, MAX_HEADER_BYTES, STREAM_KIND_HEADER, empty, plain_http_target, text_response,
+};
 
 /// Serves one caller request.
 pub(super) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if head_len(&req) > MAX_HEADER_BYTES {
+        let mut response = text_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "fluidity: request head larger than 64 KiB",
+        );
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return Ok(response);
+    }
     if req.method() != Method::CONNECT && req.uri().authority().is_none() {
         return Ok(admin(&shared, &req));
     }
@@ -84,6 +97,25 @@ pub(super) async fn handle(
             error_response(&err)
         }
     })
+}
+
+/// The size of a request head as sent: request line, header lines and the blank line.
+fn head_len<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri
+        .scheme_str()
+        .map_or(0, |scheme| scheme.len() + "://".len())
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len())
+        + uri.path_and_query().map_or(0, |path| path.as_str().len());
+    let line = req.method().as_str().len() + " ".len() + target + " HTTP/1.1\r\n".len();
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+        .sum();
+    line + fields + "\r\n".len()
 }
 
 fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
@@ -391,6 +423,26 @@ mod tests {
         ] {
             headers.insert(header::PROXY_AUTHORIZATION, value.parse().unwrap());
             assert_eq!(authorized(&auth, &headers), expected, "{value}");
+        }
+    }
+
+    #[test]
+    fn head_len_counts_the_head_as_sent() {
+        for (req, sent) in [
+            (
+                Request::get("http://example.com:8080/a?b=c")
+                    .header("host", "example.com")
+                    .header("x-two", "2")
+                    .body(())
+                    .unwrap(),
+                "GET http://example.com:8080/a?b=c HTTP/1.1\r\nhost: example.com\r\nx-two: 2\r\n\r\n",
+            ),
+            (
+                Request::connect("example.com:443").body(()).unwrap(),
+                "CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+            ),
+        ] {
+            assert_eq!(head_len(&req), sent.len(), "{sent}");
         }
     }
 }
