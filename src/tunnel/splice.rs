@@ -130,8 +130,8 @@ where
 /// Chunks gathered for one write to the caller's socket (when several frames have arrived at once).
 const CHUNKS_PER_WRITE: usize = 16;
 
-/// Bytes gathered for one write to the caller's socket: several 64 KiB frames, so a bulk download wakes the caller
-/// once per several frames rather than once per frame.
+/// Bytes gathered for one write to the caller's socket: several frames, so a bulk download wakes the caller once
+/// per several frames rather than once per frame.
 const GATHER_BYTES: usize = 4 * COPY_BUFFER_BYTES;
 
 /// Byte stream → tunnel: each buffer read goes into the tunnel as it is, and the next read takes a fresh one.
