@@ -38,15 +38,12 @@ pub(super) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     if head_len(&req) > MAX_HEADER_BYTES {
-        let mut response = text_response(
+        return Ok(refusal(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "fluidity: request head larger than 64 KiB",
-        );
-        response.headers_mut().insert(
             header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-        return Ok(response);
+            "close",
+        ));
     }
     if req.method() != Method::CONNECT && req.uri().authority().is_none() {
         return Ok(admin(&shared, &req));
@@ -54,15 +51,12 @@ pub(super) async fn handle(
     if let Some(auth) = &shared.config.proxy_auth
         && !authorized(auth, req.headers())
     {
-        let mut response = text_response(
+        return Ok(refusal(
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "fluidity: proxy authentication required",
-        );
-        response.headers_mut().insert(
             header::PROXY_AUTHENTICATE,
-            header::HeaderValue::from_static("Basic realm=\"fluidity\""),
-        );
-        return Ok(response);
+            "Basic realm=\"fluidity\"",
+        ));
     }
     let kind = if req.method() == Method::CONNECT {
         StreamKind::Connect
@@ -97,6 +91,20 @@ pub(super) async fn handle(
             error_response(&err)
         }
     })
+}
+
+/// A short text answer with one header of its own.
+fn refusal(
+    status: StatusCode,
+    text: &'static str,
+    name: header::HeaderName,
+    value: &'static str,
+) -> Response<Body> {
+    let mut response = text_response(status, text);
+    response
+        .headers_mut()
+        .insert(name, header::HeaderValue::from_static(value));
+    response
 }
 
 /// The size of a request head as sent: request line, header lines and the blank line.
