@@ -22,7 +22,7 @@ use super::window::{Metered, Pinger, Traffic, Windows};
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
     CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY,
-    RESET_STREAMS_REMEMBERED, STREAM_WINDOW_BYTES, TLS_WRITE_BUFFER_BYTES, buffered,
+    RESET_STREAMS_REMEMBERED, STREAM_WINDOW_BYTES, buffer_tls_writes, buffered,
 };
 
 /// First reconnect delay.
@@ -184,9 +184,7 @@ impl Keeper {
                 .await
                 .map_err(timed)?
                 .map_err(ConnectError::Tls)?;
-        tls.get_mut()
-            .1
-            .set_buffer_limit(Some(TLS_WRITE_BUFFER_BYTES));
+        buffer_tls_writes(tls.get_mut().1);
         let (sender, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)

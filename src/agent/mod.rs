@@ -182,8 +182,8 @@ impl Agent {
 
 /// hyper's buffer limit for a caller connection, reading and writing alike. Writing, it lets hyper gather up to
 /// 256 KiB of a response body into one socket write (with 64 KiB frames, per GiB of an absolute-form download,
-/// 16,233 writes became 4,223). Reading, hyper answers 431 to a head that does not fit; `proxy::handle` answers 431 to a head
-/// over [`MAX_HEADER_BYTES`] that does.
+/// 16,233 writes became 4,223). Reading, hyper answers 431 to a head that does not fit; `proxy::handle` answers
+/// 431 to a head over [`MAX_HEADER_BYTES`] that does.
 const CALLER_BUFFER_BYTES: usize = 4 * MAX_HEADER_BYTES;
 
 /// One caller connection: HTTP/1.1 with keep-alive and upgrades, until the caller leaves or shutdown.

@@ -32,7 +32,7 @@ use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::{
     Body, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, RESET_STREAMS_REMEMBERED,
-    STREAM_WINDOW_BYTES, TLS_WRITE_BUFFER_BYTES, buffered,
+    STREAM_WINDOW_BYTES, buffer_tls_writes, buffered,
 };
 use dial::{Dialer, TargetConnector};
 use guard::HandshakeGuard;
@@ -312,10 +312,7 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
         warn!(%peer, reason = "no h2 in ALPN", "agent refused: handshake failed");
         return;
     }
-    stream
-        .get_mut()
-        .1
-        .set_buffer_limit(Some(TLS_WRITE_BUFFER_BYTES));
+    buffer_tls_writes(stream.get_mut().1);
     let serial = stream
         .get_ref()
         .1

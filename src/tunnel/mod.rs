@@ -71,11 +71,16 @@ pub(crate) const TLS_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Encrypted bytes TLS may hold for the socket (rustls's default is 64 KiB). rustls takes plaintext only while its
 /// output fits under this limit, so with the default a 64 KiB DATA frame plus its 9-byte header went out as two
 /// socket writes: four full records, then a record of 9 bytes in a TCP segment of its own. Two frames fit.
-pub(crate) const TLS_WRITE_BUFFER_BYTES: usize = 2 * MAX_FRAME_BYTES as usize;
+const TLS_WRITE_BUFFER_BYTES: usize = 2 * MAX_FRAME_BYTES as usize;
 
 /// The tunnel's TCP socket with the read buffer TLS runs over.
 pub(crate) fn buffered<S: tokio::io::AsyncRead>(tcp: S) -> tokio::io::BufReader<S> {
     tokio::io::BufReader::with_capacity(TLS_READ_BUFFER_BYTES, tcp)
+}
+
+/// Lets a tunnel's TLS connection hold [`TLS_WRITE_BUFFER_BYTES`] of records for its socket.
+pub(crate) fn buffer_tls_writes<D>(tls: &mut rustls::ConnectionCommon<D>) {
+    tls.set_buffer_limit(Some(TLS_WRITE_BUFFER_BYTES));
 }
 
 /// Streams either side remembers after resetting them (a caller that went away, say), so frames the peer sent
