@@ -416,14 +416,7 @@ async fn the_server_reuses_origin_connections_across_requests() {
         let counter = accepted.clone();
         let origin = serve_each(move |stream| {
             counter.fetch_add(1, Ordering::SeqCst);
-            async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(
-                        hyper_util::rt::TokioIo::new(stream),
-                        hyper::service::service_fn(origin_route),
-                    )
-                    .await;
-            }
+            serve_origin_connection(stream)
         })
         .await;
         let url = format!("http://{}/bytes/1000", origin.addr);

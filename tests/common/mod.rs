@@ -539,14 +539,16 @@ impl Drop for AbortOnDrop {
 }
 
 pub async fn spawn_origin() -> Origin {
-    serve_each(|stream| async move {
-        let _ = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(stream), service_fn(origin_route))
-            .with_upgrades()
-            .await;
-    })
-    .await
+    serve_each(serve_origin_connection).await
+}
+
+/// Serves the test origin's routes over HTTP/1.1 (with upgrades) on one accepted connection until it closes.
+pub async fn serve_origin_connection(stream: TcpStream) {
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service_fn(origin_route))
+        .with_upgrades()
+        .await;
 }
 
 /// Listens on a fresh loopback port and runs `handle` on a task of its own for every connection accepted there.
@@ -585,7 +587,7 @@ pub async fn spawn_tls_origin(pki: &TestPki) -> Origin {
     .await
 }
 
-pub async fn origin_route(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+async fn origin_route(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_string();
     let response = if path == "/echo" {
         let mut text = format!(
