@@ -53,6 +53,9 @@ pub(crate) enum StreamKind {
 }
 
 impl StreamKind {
+    /// Every kind, in the order of their discriminants (`kind as usize` indexes this).
+    const ALL: [Self; 3] = [Self::Http, Self::Connect, Self::Websocket];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Http => "http",
@@ -101,6 +104,27 @@ fn byte_counters(family: &Family<DirectionLabel, Counter>) -> ByteCounters {
     ByteCounters { up, down }
 }
 
+/// One metric of a family per [`StreamKind`], looked up once: a stream then costs no label hashing or lock.
+#[derive(Debug)]
+struct PerKind<M>([M; 3]);
+
+impl<M: Clone> PerKind<M> {
+    fn new<L: Clone + std::hash::Hash + Eq>(
+        family: &Family<L, M>,
+        label: impl Fn(&'static str) -> L,
+    ) -> Self
+    where
+        M: Default,
+    {
+        // One statement each: `get_or_create` returns a guard that must be gone before the next call.
+        Self(StreamKind::ALL.map(|kind| family.get_or_create(&label(kind.as_str())).clone()))
+    }
+
+    fn get(&self, kind: StreamKind) -> &M {
+        &self.0[kind as usize]
+    }
+}
+
 /// Renders a registry as Prometheus text.
 fn render(registry: &Registry) -> String {
     let mut out = String::new();
@@ -118,8 +142,8 @@ pub(crate) struct ServerMetrics {
     pub(crate) agent_connections: Gauge,
     pub(crate) handshake_failures: Counter,
     pub(crate) connections_refused: Counter,
-    streams_open: Family<KindLabel, Gauge>,
-    streams: Family<KindLabel, Counter>,
+    streams_open: PerKind<Gauge>,
+    streams: PerKind<Counter>,
     errors: Family<ClassLabel, Counter>,
     pub(crate) bytes: ByteCounters,
     pub(crate) cert_expiry_seconds: Gauge,
@@ -173,8 +197,8 @@ impl ServerMetrics {
             agent_connections,
             handshake_failures,
             connections_refused,
-            streams_open,
-            streams,
+            streams_open: PerKind::new(&streams_open, |kind| KindLabel { kind }),
+            streams: PerKind::new(&streams, |kind| KindLabel { kind }),
             errors,
             bytes: byte_counters(&bytes_family),
             cert_expiry_seconds,
@@ -183,11 +207,8 @@ impl ServerMetrics {
 
     /// Counts a new stream and returns a guard that keeps it in `streams_open` until dropped.
     pub(crate) fn stream_opened(&self, kind: StreamKind) -> OpenGuard {
-        let label = KindLabel {
-            kind: kind.as_str(),
-        };
-        self.streams.get_or_create(&label).inc();
-        let gauge = self.streams_open.get_or_create(&label).clone();
+        self.streams.get(kind).inc();
+        let gauge = self.streams_open.get(kind).clone();
         gauge.inc();
         OpenGuard(gauge)
     }
@@ -220,7 +241,9 @@ pub(crate) struct AgentMetrics {
     pub(crate) tunnel_failures: Counter,
     pub(crate) caller_connections: Gauge,
     requests: Family<RequestLabel, Counter>,
-    streams_open: Family<KindLabel, Gauge>,
+    /// `requests` with outcome `ok`, the common case.
+    requests_ok: PerKind<Counter>,
+    streams_open: PerKind<Gauge>,
     pub(crate) bytes: ByteCounters,
     pub(crate) cert_expiry_seconds: Gauge,
     pub(crate) stream_window_bytes: Gauge,
@@ -289,8 +312,12 @@ impl AgentMetrics {
             tunnel_connects,
             tunnel_failures,
             caller_connections,
+            requests_ok: PerKind::new(&requests, |kind| RequestLabel {
+                kind,
+                outcome: "ok",
+            }),
             requests,
-            streams_open,
+            streams_open: PerKind::new(&streams_open, |kind| KindLabel { kind }),
             bytes: byte_counters(&bytes_family),
             cert_expiry_seconds,
             stream_window_bytes,
@@ -299,6 +326,10 @@ impl AgentMetrics {
 
     /// Counts a finished request; `outcome` is a bounded word such as `ok`, `refused`, `tunnel_down`.
     pub(crate) fn request(&self, kind: StreamKind, outcome: &'static str) {
+        if outcome == "ok" {
+            self.requests_ok.get(kind).inc();
+            return;
+        }
         self.requests
             .get_or_create(&RequestLabel {
                 kind: kind.as_str(),
@@ -308,12 +339,7 @@ impl AgentMetrics {
     }
 
     pub(crate) fn stream_opened(&self, kind: StreamKind) -> OpenGuard {
-        let gauge = self
-            .streams_open
-            .get_or_create(&KindLabel {
-                kind: kind.as_str(),
-            })
-            .clone();
+        let gauge = self.streams_open.get(kind).clone();
         gauge.inc();
         OpenGuard(gauge)
     }

@@ -23,7 +23,7 @@ use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
 use crate::config::ProxyAuth;
 use crate::error::{ForwardError, error_response};
 use crate::metrics::{OpenGuard, StreamKind};
-use crate::tunnel::authority::parse_target;
+use crate::tunnel::authority::target_of;
 use crate::tunnel::body::Counted;
 use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
 use crate::tunnel::splice;
@@ -256,14 +256,13 @@ async fn connect(
     let authority = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_string())
+        .cloned()
         .ok_or(ForwardError::BadRequest("CONNECT needs host:port"))?;
-    let target =
-        parse_target(&authority, None).map_err(|e| ForwardError::BadRequest(e.reason()))?;
+    let target = target_of(&authority, None).map_err(|e| ForwardError::BadRequest(e.reason()))?;
     tracing::Span::current().record("target", field::display(&target));
     let caller = hyper::upgrade::on(&mut req);
     let mut sender = tunnel_sender(shared).await?;
-    let (response, send) = open_stream(&mut sender, &authority, StreamKind::Connect)?;
+    let (response, send) = open_stream(&mut sender, authority.as_str(), StreamKind::Connect)?;
     let stream = if shared.config.fast_connect {
         TunnelStream::awaiting(send, response)
     } else {
@@ -286,10 +285,10 @@ async fn websocket(
     let authority = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_string())
+        .cloned()
         .ok_or(ForwardError::BadRequest("URL has no host"))?;
     let target =
-        parse_target(&authority, Some(80)).map_err(|e| ForwardError::BadRequest(e.reason()))?;
+        target_of(&authority, Some(80)).map_err(|e| ForwardError::BadRequest(e.reason()))?;
     tracing::Span::current().record("target", field::display(&target));
     let caller = hyper::upgrade::on(&mut req);
     let mut sender = tunnel_sender(shared).await?;
@@ -322,7 +321,7 @@ async fn websocket(
         .map_err(|_| ForwardError::BadRequest("bad request target"))?;
     strip_proxy_headers(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST) {
-        let host = header::HeaderValue::from_str(&authority)
+        let host = header::HeaderValue::from_str(authority.as_str())
             .map_err(|_| ForwardError::BadRequest("bad host"))?;
         parts.headers.insert(header::HOST, host);
     }

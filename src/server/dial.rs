@@ -1,23 +1,18 @@
 //! Dialing targets: resolve, apply the destination policy to each resolved address, then connect with Happy
 //! Eyeballs (RFC 8305) under one overall connect timeout.
 //!
-//! Used for CONNECT streams directly and, as a hyper-util connector, by the pooled client for plain requests, so
-//! both paths obey the same policy. It does not retry a target that failed.
+//! Used for CONNECT streams and for the connections of plain requests (`origin`), so both paths obey the same
+//! policy. It does not retry a target that failed.
 
-use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use super::policy::TargetPolicy;
 use crate::error::{BoxError, ConnectTimedOut, DnsError, PolicyRefusal};
-use crate::tunnel::authority::{Target, parse_target};
+use crate::tunnel::authority::Target;
 
 /// How long one connection attempt runs alone before the next address is tried alongside it (RFC 8305 §5).
 const HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(250);
@@ -143,37 +138,6 @@ async fn connect_happy_eyeballs(addrs: Vec<SocketAddr>) -> io::Result<TcpStream>
     }
 }
 
-/// The pooled client's connector: dials `http://host:port` URIs through a [`Dialer`].
-#[derive(Clone, Debug)]
-pub(crate) struct TargetConnector {
-    dialer: Arc<Dialer>,
-}
-
-impl TargetConnector {
-    pub(crate) fn new(dialer: Arc<Dialer>) -> Self {
-        Self { dialer }
-    }
-}
-
-impl tower_service::Service<http::Uri> for TargetConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let dialer = self.dialer.clone();
-        Box::pin(async move {
-            let authority = uri.authority().ok_or("URL has no host")?;
-            let target = parse_target(authority.as_str(), Some(80))?;
-            dialer.dial(&target).await.map(TokioIo::new)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,7 +186,7 @@ mod tests {
     #[tokio::test]
     async fn policy_refuses_loopback_by_default() {
         let dialer = Dialer::new(TargetPolicy::default(), Duration::from_secs(5));
-        let target = parse_target("127.0.0.1:9", None).unwrap();
+        let target = crate::tunnel::authority::parse_target("127.0.0.1:9", None).unwrap();
         let err = dialer.dial(&target).await.unwrap_err();
         assert!(err.downcast_ref::<PolicyRefusal>().is_some(), "{err}");
     }

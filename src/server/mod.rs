@@ -6,6 +6,7 @@
 
 mod dial;
 mod guard;
+mod origin;
 pub(crate) mod policy;
 mod service;
 mod shard;
@@ -13,8 +14,6 @@ mod shard;
 use anyhow::Context as _;
 use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -31,19 +30,14 @@ use crate::metrics::{ServerMetrics, record_cert_expiry, watch_cert_expiry};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::{
-    Body, CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, RESET_STREAMS_REMEMBERED,
+    CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, RESET_STREAMS_REMEMBERED,
     STREAM_WINDOW_BYTES, buffer_tls_writes, buffered,
 };
-use dial::{Dialer, TargetConnector};
+use dial::Dialer;
 use guard::HandshakeGuard;
+use origin::Origins;
 use policy::TargetPolicy;
 
-/// Idle pooled connections to targets are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle pooled connections kept per target: enough for the parallel requests browsers and load tools keep open to
-/// one host. With 32, 64 callers hammering one origin made the server close and reopen an origin connection for
-/// one request in six (measured with `wrk -c64` in bench/).
-const POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// Pause after a failed `accept()` (out of descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -53,7 +47,7 @@ pub(crate) struct Shared {
     acceptor: RwLock<TlsAcceptor>,
     metrics: ServerMetrics,
     dialer: Arc<Dialer>,
-    client: Client<TargetConnector, Body>,
+    origins: Arc<Origins>,
     limiter: Option<DefaultKeyedRateLimiter<Arc<str>>>,
     handshakes: HandshakeGuard,
     /// Established agent tunnels, so a reload can close those whose certificate was revoked.
@@ -139,11 +133,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on health_addr {}", config.health_addr))?;
         let dialer = Arc::new(Dialer::new(policy, config.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(TargetConnector::new(dialer.clone()));
+        let origins = Arc::new(Origins::new(dialer.clone()));
         let limiter = NonZeroU32::new(config.rate_limit_per_agent).map(|rate| {
             let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
@@ -161,7 +151,7 @@ impl Server {
                 acceptor: RwLock::new(TlsAcceptor::from(tls_config)),
                 metrics,
                 dialer,
-                client,
+                origins,
                 limiter,
                 handshakes: HandshakeGuard::default(),
                 live: Mutex::new(HashMap::new()),
@@ -211,6 +201,9 @@ impl Server {
             move |req| service::admin(&admin_shared, req),
             drain.clone(),
         ));
+        drain
+            .tasks
+            .spawn(shared.origins.clone().sweep(drain.graceful.clone()));
         watch_cert_expiry(
             &shared.drain,
             shared.config.tls.cert_file.clone(),

@@ -17,7 +17,7 @@ use super::Shared;
 use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
 use crate::error::{ForwardError, classify_target_error, error_response};
 use crate::metrics::StreamKind;
-use crate::tunnel::authority::parse_target;
+use crate::tunnel::authority::target_of;
 use crate::tunnel::body::Counted;
 use crate::tunnel::headers::strip_hop_headers;
 use crate::tunnel::splice;
@@ -113,8 +113,7 @@ async fn connect(
         .uri()
         .authority()
         .ok_or(ForwardError::BadRequest("CONNECT needs host:port"))?;
-    let target =
-        parse_target(authority.as_str(), None).map_err(|e| ForwardError::BadRequest(e.reason()))?;
+    let target = target_of(authority, None).map_err(|e| ForwardError::BadRequest(e.reason()))?;
     tracing::Span::current().record("target", field::display(&target));
     let kind = match req.headers().get(STREAM_KIND_HEADER) {
         Some(value) if value == "websocket" => StreamKind::Websocket,
@@ -166,34 +165,76 @@ fn relay(
     );
 }
 
-/// A plain request: forwarded to the target over HTTP/1.1 by the pooled client; the response, redirects included,
-/// goes back as it came.
+/// A plain request: forwarded to the target over HTTP/1.1 on a kept-open connection (`origin`); the response,
+/// redirects included, goes back as it came.
 async fn forward(
     shared: &Arc<Shared>,
     req: Request<RecvStream>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
-    plain_http_target(&parts.uri)?;
+    let target = plain_http_target(&parts.uri)?;
     strip_hop_headers(&mut parts.headers);
-    // The client derives Host from the URL (RFC 9112 §3.2.2: the absolute-form authority wins).
-    parts.headers.remove(header::HOST);
+    let host = host_header(&parts.uri).ok_or(ForwardError::BadRequest("URL has no host"))?;
+    parts.headers.insert(header::HOST, host);
+    parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
     let guard = shared.metrics.stream_opened(StreamKind::Http);
     let body = Counted::new(TunnelBody::new(body), shared.metrics.bytes.up.clone(), None)
         .map_err(Into::into)
         .boxed();
-    let pending = shared.client.request(Request::from_parts(parts, body));
+    let pending = shared
+        .origins
+        .send(&target, Request::from_parts(parts, body));
     let response = match shared.config.idle_timeout {
         Some(limit) => tokio::time::timeout(limit, pending)
             .await
-            .map_err(|_| ForwardError::ResponseTimeout(limit))?,
-        None => pending.await,
-    }
-    .map_err(|err| classify_target_error(&err))?;
+            .map_err(|_| ForwardError::ResponseTimeout(limit))??,
+        None => pending.await?,
+    };
     let (mut parts, body) = response.into_parts();
     strip_hop_headers(&mut parts.headers);
     let body = Counted::new(body, shared.metrics.bytes.down.clone(), Some(guard))
         .map_err(Into::into)
         .boxed();
     Ok(Response::from_parts(parts, body))
+}
+
+/// The request target a server expects from a client (RFC 9112 §3.2.1): the path and query, `/` when empty.
+fn origin_form(uri: &http::Uri) -> http::Uri {
+    uri.path_and_query()
+        .map_or_else(|| http::Uri::from_static("/"), |path| path.clone().into())
+}
+
+/// `Host` for a plain request: the URL's authority (RFC 9112 §3.2.2: the absolute-form authority wins over the
+/// caller's `Host`), without the port when it is 80.
+fn host_header(uri: &http::Uri) -> Option<header::HeaderValue> {
+    let host = match uri.port_u16() {
+        Some(80) => uri.host(),
+        _ => uri.authority().map(http::uri::Authority::as_str),
+    }?;
+    header::HeaderValue::from_str(host).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_follows_the_url_without_the_default_port() {
+        for (url, host) in [
+            ("http://example.com/x", Some("example.com")),
+            ("http://example.com:80/x", Some("example.com")),
+            ("http://Example.com:8080/x", Some("Example.com:8080")),
+            ("http://[::1]:80/", Some("[::1]")),
+            ("http://[::1]:8080/", Some("[::1]:8080")),
+            ("/x", None),
+        ] {
+            let uri: http::Uri = url.parse().unwrap();
+            assert_eq!(
+                host_header(&uri).as_ref().map(|v| v.to_str().unwrap()),
+                host,
+                "{url}"
+            );
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// A target as named by the caller: a host name or IP literal and a port.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Target {
     /// Host name, or IP literal without brackets.
     pub(crate) host: String,
@@ -53,17 +53,27 @@ pub(crate) enum BadTarget {
     ZeroPort,
 }
 
-/// Parses `host:port`; `default_port` applies when the port is absent (absolute-form URLs), `None` requires it
-/// (CONNECT, RFC 9110 §9.3.6).
+/// [`target_of`] from text (tests and fuzzing; requests reach Fluidity with their authority already parsed).
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn parse_target(
     authority: &str,
     default_port: Option<u16>,
 ) -> Result<Target, BadTarget> {
-    // The http crate checks the characters; the structure is checked here, because `Authority` accepts a '[' that
-    // does not start the host and text between ']' and the port, and reads a port of "+80" as 80.
-    authority
+    let authority = authority
         .parse::<Authority>()
         .map_err(|_| BadTarget::Syntax)?;
+    target_of(&authority, default_port)
+}
+
+/// The target `host:port` names; `default_port` applies when the port is absent (absolute-form URLs), `None`
+/// requires it (CONNECT, RFC 9110 §9.3.6).
+pub(crate) fn target_of(
+    authority: &Authority,
+    default_port: Option<u16>,
+) -> Result<Target, BadTarget> {
+    // The http crate checks the characters; the structure is checked here, because `Authority` accepts a '[' that
+    // does not start the host and text between ']' and the port, and reads a port of "+80" as 80.
+    let authority = authority.as_str();
     if authority.contains('@') {
         return Err(BadTarget::Syntax);
     }

@@ -19,30 +19,47 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 /// Removes hop-by-hop headers, every header that `Connection` names, and every `Proxy-*` header
 /// (`Proxy-Authorization` holds the caller's credential for the agent and must never be forwarded).
+///
+/// One pass over the names, comparing: most heads have nothing to remove, and then nothing is allocated or hashed.
 pub(crate) fn strip_hop_headers(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // By bytes: a value with obs-text (bytes >= 0x80) is not `to_str`, but the names it lists still go.
+    let listed: Vec<&[u8]> = headers
         .get_all(header::CONNECTION)
         .iter()
-        // By bytes: a value with obs-text (bytes >= 0x80) is not `to_str`, but the names it lists still go.
         .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| !name.is_empty())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || is_proxy_header(name)
+                || listed
+                    .iter()
+                    .any(|listed| listed.eq_ignore_ascii_case(name.as_str().as_bytes()))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
     }
-    strip_proxy_headers(headers);
 }
 
 /// Removes every `Proxy-*` header.
 pub(crate) fn strip_proxy_headers(headers: &mut HeaderMap) {
     let proxy: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
+        .filter(|name| is_proxy_header(name))
         .cloned()
         .collect();
     for name in proxy {
         headers.remove(name);
     }
+}
+
+fn is_proxy_header(name: &HeaderName) -> bool {
+    name.as_str().starts_with("proxy-")
 }
 
 /// True when the request asks to switch protocols (`Connection: upgrade` plus an `Upgrade` header).

@@ -106,7 +106,7 @@ pub(crate) fn plain_http_target(
     let authority = uri
         .authority()
         .ok_or(ForwardError::BadRequest("URL has no host"))?;
-    let target = authority::parse_target(authority.as_str(), Some(80))
+    let target = authority::target_of(authority, Some(80))
         .map_err(|e| ForwardError::BadRequest(e.reason()))?;
     tracing::Span::current().record("target", tracing::field::display(&target));
     Ok(target)

@@ -1,0 +1,358 @@
+//! Connections to targets for plain requests: HTTP/1.1 over hyper's connection API, kept open after a response and
+//! reused for the next request to the same target.
+//!
+//! A connection goes back to the idle list when its response body has been read to the end (at once for a response
+//! without a body); a request takes the newest idle connection that is ready, and dials only when there is none.
+//! Idle connections are closed after [`IDLE_TIMEOUT`] (swept by [`Origins::sweep`]), beyond
+//! [`MAX_IDLE_PER_TARGET`], or when the target closes them. Nothing here spawns a task per request: handing a
+//! connection back is a push onto a list.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::dial::Dialer;
+use crate::error::{ForwardError, classify_target_error};
+use crate::tunnel::Body;
+use crate::tunnel::authority::Target;
+
+/// Idle connections to targets are closed after this long.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per target: enough for the parallel requests browsers and load tools keep open to one
+/// host. With 32, 64 callers hammering one origin made the server close and reopen an origin connection for one
+/// request in six (measured with `wrk -c64` in bench/).
+pub(crate) const MAX_IDLE_PER_TARGET: usize = 256;
+
+/// The connections to targets of one server, shared by all its agents.
+pub(crate) struct Origins {
+    dialer: Arc<Dialer>,
+    idle: Mutex<HashMap<Target, Vec<Idle>>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+impl Idle {
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.duration_since(self.since) < IDLE_TIMEOUT
+    }
+}
+
+impl Origins {
+    pub(crate) fn new(dialer: Arc<Dialer>) -> Self {
+        Self {
+            dialer,
+            idle: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, HashMap<Target, Vec<Idle>>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `req` to `target` (its URI in origin form, `Host` set): on an idle connection when one is ready,
+    /// otherwise on a new one. A request an idle connection could not take (the target had closed it) goes to the
+    /// next one, or a new one, whole: nothing of it was written.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        target: &Target,
+        mut req: Request<Body>,
+    ) -> Result<Response<OriginBody>, ForwardError> {
+        while let Some(mut sender) = self.checkout(target) {
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.track(target, sender, response)),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(classify_target_error(&err.into_error())),
+                },
+            }
+        }
+        // Boxed: dialing is the rare path, and its state would otherwise enlarge every stream's task.
+        let mut sender = Box::pin(self.open(target)).await?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|err| classify_target_error(&err))?;
+        Ok(self.track(target, sender, response))
+    }
+
+    /// A new connection to `target`, its I/O driven by a task of its own.
+    async fn open(&self, target: &Target) -> Result<http1::SendRequest<Body>, ForwardError> {
+        let socket = self
+            .dialer
+            .dial(target)
+            .await
+            .map_err(|err| classify_target_error(&*err))?;
+        let (sender, conn) = http1::handshake(TokioIo::new(socket))
+            .await
+            .map_err(|err| classify_target_error(&err))?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(error = %err, "target connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The newest idle connection to `target` that can take a request now. Closed and expired ones are dropped;
+    /// ones still finishing their last exchange stay for later.
+    fn checkout(&self, target: &Target) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle();
+        let list = idle.get_mut(target)?;
+        let now = Instant::now();
+        let mut found = None;
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            if !list[i].usable(now) {
+                list.swap_remove(i);
+            } else if list[i].sender.is_ready() {
+                found = Some(list.swap_remove(i).sender);
+                break;
+            }
+        }
+        if list.is_empty() {
+            idle.remove(target);
+        }
+        found
+    }
+
+    /// Hands `sender` back to the idle list once `response`'s body has been read to the end.
+    fn track(
+        self: &Arc<Self>,
+        target: &Target,
+        sender: http1::SendRequest<Body>,
+        response: Response<Incoming>,
+    ) -> Response<OriginBody> {
+        let mut giver = Some(Giver {
+            origins: self.clone(),
+            target: target.clone(),
+            sender,
+        });
+        if response.body().is_end_stream()
+            && let Some(giver) = giver.take()
+        {
+            giver.give_back();
+        }
+        response.map(|body| OriginBody { body, giver })
+    }
+
+    fn put(&self, target: Target, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle();
+        let list = idle.entry(target).or_default();
+        if list.len() >= MAX_IDLE_PER_TARGET {
+            // The oldest goes: the newest are the likeliest to be still open at the target.
+            list.remove(0);
+        }
+        list.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Closes idle connections that are past [`IDLE_TIMEOUT`] or closed by their target, every third of the
+    /// timeout, until `stop` is cancelled.
+    pub(crate) async fn sweep(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(IDLE_TIMEOUT / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            self.idle().retain(|_, list| {
+                list.retain(|conn| conn.usable(now));
+                !list.is_empty()
+            });
+        }
+    }
+
+    /// Idle connections kept to `target` (for tests).
+    #[cfg(test)]
+    fn idle_count(&self, target: &Target) -> usize {
+        self.idle().get(target).map_or(0, Vec::len)
+    }
+}
+
+/// Gives a connection back to its pool.
+struct Giver {
+    origins: Arc<Origins>,
+    target: Target,
+    sender: http1::SendRequest<Body>,
+}
+
+impl Giver {
+    fn give_back(self) {
+        self.origins.put(self.target, self.sender);
+    }
+}
+
+/// A target's response body; when read to the end, its connection goes back to the idle list. Dropped before
+/// that, the connection is closed with it (HTTP/1.1 cannot abandon a response half read).
+pub(crate) struct OriginBody {
+    body: Incoming,
+    giver: Option<Giver>,
+}
+
+impl HttpBody for OriginBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            Some(Ok(_)) if !self.body.is_end_stream() => {}
+            Some(Err(_)) => self.giver = None,
+            Some(Ok(_)) | None => {
+                if let Some(giver) = self.giver.take() {
+                    giver.give_back();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::policy::TargetPolicy;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An origin that answers every request on a connection with `body`, counting the connections it accepted;
+    /// with `close`, it says `connection: close` and closes after each answer.
+    async fn origin(body: &'static str, close: bool) -> (Target, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target {
+            host: "127.0.0.1".into(),
+            port: listener.local_addr().unwrap().port(),
+        };
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let n = socket.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let connection = if close { "connection: close\r\n" } else { "" };
+                            let reply = format!(
+                                "HTTP/1.1 200 OK\r\n{connection}content-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if socket.write_all(reply.as_bytes()).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (target, accepted)
+    }
+
+    fn request(target: &Target) -> Request<Body> {
+        Request::get("/x")
+            .header(http::header::HOST, target.to_string())
+            .body(crate::tunnel::empty())
+            .unwrap()
+    }
+
+    fn origins() -> Arc<Origins> {
+        let policy = TargetPolicy::new(true, &[], &[]).unwrap();
+        Arc::new(Origins::new(Arc::new(Dialer::new(
+            policy,
+            Duration::from_secs(5),
+        ))))
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_is_reused() {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let (target, accepted) = origin("hello", false).await;
+            let origins = origins();
+            for _ in 0..3 {
+                let response = origins.send(&target, request(&target)).await.unwrap();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body, "hello");
+                // Back in the list once read, and ready for the next request.
+                assert_eq!(origins.idle_count(&target), 1);
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_half_read_does_not_come_back() {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let (target, accepted) = origin("hello", false).await;
+            let origins = origins();
+            let response = origins.send(&target, request(&target)).await.unwrap();
+            drop(response);
+            assert_eq!(origins.idle_count(&target), 0);
+            let response = origins.send(&target, request(&target)).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "hello");
+            assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_target_closes_is_not_reused() {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let (target, accepted) = origin("bye", true).await;
+            let origins = origins();
+            for _ in 0..3 {
+                let response = origins.send(&target, request(&target)).await.unwrap();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body, "bye");
+            }
+            assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        })
+        .await
+        .unwrap();
+    }
+}
