@@ -313,6 +313,12 @@ mod tests {
             .unwrap()
     }
 
+    /// One request through `origins`, its body read to the end.
+    async fn fetch(origins: &Arc<Origins>, target: &Target) -> Bytes {
+        let response = origins.send(target, request(target)).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
     fn origins() -> Arc<Origins> {
         let policy = TargetPolicy::new(true, &[], &[]).unwrap();
         Arc::new(Origins::new(Arc::new(Dialer::new(
@@ -327,9 +333,7 @@ mod tests {
             let (target, accepted) = origin("hello", false).await;
             let origins = origins();
             for _ in 0..3 {
-                let response = origins.send(&target, request(&target)).await.unwrap();
-                let body = response.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(body, "hello");
+                assert_eq!(fetch(&origins, &target).await, "hello");
                 // Back in the list once read, and ready for the next request.
                 assert_eq!(origins.idle_count(&target), 1);
             }
@@ -347,9 +351,7 @@ mod tests {
             let response = origins.send(&target, request(&target)).await.unwrap();
             drop(response);
             assert_eq!(origins.idle_count(&target), 0);
-            let response = origins.send(&target, request(&target)).await.unwrap();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(body, "hello");
+            assert_eq!(fetch(&origins, &target).await, "hello");
             assert_eq!(accepted.load(Ordering::SeqCst), 2);
         })
         .await
@@ -362,9 +364,7 @@ mod tests {
             let (target, accepted) = origin("bye", true).await;
             let origins = origins();
             for _ in 0..3 {
-                let response = origins.send(&target, request(&target)).await.unwrap();
-                let body = response.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(body, "bye");
+                assert_eq!(fetch(&origins, &target).await, "bye");
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 3);
         })
@@ -391,9 +391,7 @@ mod tests {
                 runtime.block_on(async {
                     tokio::time::timeout(Duration::from_secs(5), async {
                         for _ in 0..2 {
-                            let response = origins.send(&target, request(&target)).await.unwrap();
-                            let body = response.into_body().collect().await.unwrap();
-                            assert_eq!(body.to_bytes(), "hi");
+                            assert_eq!(fetch(&origins, &target).await, "hi");
                         }
                     })
                     .await
