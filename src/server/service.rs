@@ -63,7 +63,9 @@ pub(super) async fn handle_stream(
                 }
                 Err(err) => Err(err),
             },
-            Ok(()) => forward(&shared, req).await,
+            // Boxed: its state (the target connection's) would otherwise enlarge every stream's task, which is
+            // moved whole when spawned.
+            Ok(()) => Box::pin(forward(&shared, req)).await,
         };
         let response = result.unwrap_or_else(|err| {
             shared.metrics.error(err.class());
