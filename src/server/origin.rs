@@ -75,9 +75,11 @@ impl Origins {
         target: &Target,
         mut req: Request<Body>,
     ) -> Result<Response<OriginBody>, ForwardError> {
-        while let Some(mut sender) = self.checkout(target) {
+        // The thread this request runs on, and so the one that drives the connections it opens or takes.
+        let thread = std::thread::current().id();
+        while let Some(mut sender) = self.checkout(thread, target) {
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.track(target, sender, response)),
+                Ok(response) => return Ok(self.track(thread, target, sender, response)),
                 Err(mut err) => match err.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(classify_target_error(&err.into_error())),
@@ -90,7 +92,7 @@ impl Origins {
             .send_request(req)
             .await
             .map_err(|err| classify_target_error(&err))?;
-        Ok(self.track(target, sender, response))
+        Ok(self.track(thread, target, sender, response))
     }
 
     /// A new connection to `target`, its I/O driven by a task of its own.
@@ -111,11 +113,12 @@ impl Origins {
         Ok(sender)
     }
 
-    /// The newest idle connection to `target` of this thread that can take a request now. Closed and expired ones
-    /// are dropped; ones still finishing their last exchange stay for later.
-    fn checkout(&self, target: &Target) -> Option<http1::SendRequest<Body>> {
+    /// The newest idle connection to `target` driven by `thread` that can take a request now. Closed and expired
+    /// ones are dropped; ones still finishing their last exchange stay for later. Removal keeps the list oldest
+    /// first, which `put` relies on.
+    fn checkout(&self, thread: ThreadId, target: &Target) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle();
-        let idle = idle.get_mut(&std::thread::current().id())?;
+        let idle = idle.get_mut(&thread)?;
         let list = idle.get_mut(target)?;
         let now = Instant::now();
         let mut found = None;
@@ -123,9 +126,9 @@ impl Origins {
         while i > 0 {
             i -= 1;
             if !list[i].usable(now) {
-                list.swap_remove(i);
+                list.remove(i);
             } else if list[i].sender.is_ready() {
-                found = Some(list.swap_remove(i).sender);
+                found = Some(list.remove(i).sender);
                 break;
             }
         }
@@ -138,21 +141,23 @@ impl Origins {
     /// Hands `sender` back to the idle list once `response`'s body has been read to the end.
     fn track(
         self: &Arc<Self>,
+        thread: ThreadId,
         target: &Target,
         sender: http1::SendRequest<Body>,
         response: Response<Incoming>,
     ) -> Response<OriginBody> {
-        let mut giver = Some(Giver {
+        let giver = Giver {
             origins: self.clone(),
-            thread: std::thread::current().id(),
+            thread,
             target: target.clone(),
             sender,
-        });
-        if response.body().is_end_stream()
-            && let Some(giver) = giver.take()
-        {
+        };
+        let giver = if response.body().is_end_stream() {
             giver.give_back();
-        }
+            None
+        } else {
+            Some(giver)
+        };
         response.map(|body| OriginBody { body, giver })
     }
 
