@@ -30,6 +30,7 @@ pub mod up;
 mod admin;
 mod error;
 mod metrics;
+mod shard;
 mod tunnel;
 
 pub use agent::Agent;

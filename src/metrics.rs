@@ -255,7 +255,7 @@ impl AgentMetrics {
         let tunnel_up = Gauge::default();
         registry.register(
             "tunnel_up",
-            "1 while the tunnel to the server is up",
+            "Tunnels to the server that are up (at most `tunnels`, 1 by default)",
             tunnel_up.clone(),
         );
         let tunnel_connects = Counter::default();
@@ -303,7 +303,7 @@ impl AgentMetrics {
         let stream_window_bytes = Gauge::default();
         registry.register(
             "stream_window_bytes",
-            "Receive window the agent grants each tunnel stream; grows with the path's bandwidth-delay product",
+            "Receive window the agent grants each tunnel stream (the tunnel that changed it last); grows with the path's bandwidth-delay product",
             stream_window_bytes.clone(),
         );
         Self {

@@ -606,7 +606,7 @@ fn start_server(tmp: &Path, certs: &Path, extra: &[&str]) -> (Proc, u16, SocketA
 
 /// `fluidity agent` on a free loopback port towards `tunnel_port`; returns once its tunnel is up, with the proxy
 /// address.
-fn start_agent(tmp: &Path, certs: &Path, tunnel_port: u16) -> (Proc, SocketAddr) {
+fn start_agent(tmp: &Path, certs: &Path, tunnel_port: u16, extra: &[&str]) -> (Proc, SocketAddr) {
     let proxy = loopback(free_port());
     let mut agent = Proc::spawn(
         fluidity(tmp)
@@ -626,21 +626,23 @@ fn start_agent(tmp: &Path, certs: &Path, tunnel_port: u16) -> (Proc, SocketAddr)
             .arg("--key-file")
             .arg(certs.join("client.key"))
             .arg("--ca-cert-file")
-            .arg(certs.join("ca.crt")),
+            .arg(certs.join("ca.crt"))
+            .args(extra),
     );
     agent.wait_for_status(proxy, "/healthz", 200);
     (agent, proxy)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_and_agent_relay_a_request_and_exit_0_on_sigterm() {
+async fn server_and_an_agent_with_two_tunnels_relay_a_request_and_exit_0_on_sigterm() {
     let tmp = TempDir::new().unwrap();
     let certs = certs_init(tmp.path());
     let (origin, mut heads) = spawn_origin().await;
 
     let (mut server, tunnel_port, health) =
         start_server(tmp.path(), &certs, &["--allow-private-targets", "true"]);
-    let (agent, proxy) = start_agent(tmp.path(), &certs, tunnel_port);
+    // Two tunnels: the second one's thread must stop with the rest.
+    let (agent, proxy) = start_agent(tmp.path(), &certs, tunnel_port, &["--tunnels", "2"]);
 
     let (status, body) = http(
         proxy,
@@ -653,7 +655,7 @@ async fn server_and_agent_relay_a_request_and_exit_0_on_sigterm() {
     assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "{head}");
 
     server.wait_for(
-        "fluidity_server_agent_connections 1 in the server metrics",
+        "fluidity_server_agent_connections 2 in the server metrics",
         READY_TIMEOUT,
         |_| {
             get(health, "/metrics")
@@ -662,7 +664,7 @@ async fn server_and_agent_relay_a_request_and_exit_0_on_sigterm() {
                     *status == 200
                         && body
                             .lines()
-                            .any(|line| line == "fluidity_server_agent_connections 1")
+                            .any(|line| line == "fluidity_server_agent_connections 2")
                 })
                 .map(drop)
         },
@@ -814,7 +816,7 @@ fn sighup_reloads_the_crl_and_closes_a_revoked_agents_tunnel() {
     let crl = certs.join("crl.pem");
     let crl = crl.to_str().unwrap();
     let (mut server, tunnel_port, _health) = start_server(tmp.path(), &certs, &["--crl-file", crl]);
-    let (mut agent, proxy) = start_agent(tmp.path(), &certs, tunnel_port);
+    let (mut agent, proxy) = start_agent(tmp.path(), &certs, tunnel_port, &[]);
 
     let revoked = run(fluidity(tmp.path())
         .args(["certs", "revoke", "--ca-dir"])

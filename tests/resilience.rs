@@ -378,3 +378,88 @@ async fn the_server_closes_a_tunnel_whose_agent_stops_answering_pings() {
     })
     .await;
 }
+
+/// Opens `count` proxy connections, keeps them all open (so each new one goes to the tunnel serving the fewest),
+/// and sends one GET for `url` on each, all at once; the statuses come back in order.
+async fn get_on_held_connections(
+    agent: std::net::SocketAddr,
+    count: usize,
+    url: &str,
+) -> Vec<StatusCode> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        let mut client = proxy_client(agent).await;
+        // One answered request first: the agent has placed the connection before the next one arrives.
+        assert_eq!(send_get(&mut client, url).await.status(), StatusCode::OK);
+        clients.push(client);
+    }
+    let requests = clients.iter_mut().map(|client| async move {
+        let response = send_get(client, url).await;
+        let status = response.status();
+        response.into_body().collect().await.unwrap();
+        status
+    });
+    futures_util::future::join_all(requests).await
+}
+
+#[tokio::test]
+async fn several_tunnels_come_up_carry_callers_and_shut_down() {
+    within(30, async {
+        let t = tunnel_with(|_| {}, |config| config.tunnels = 3).await;
+        let (agent, health) = (t.agent.addr, t.server.health);
+        eventually(10, "three tunnels up", || async move {
+            metric(agent, "fluidity_agent_tunnel_up").await == Some(3.0)
+                && metric(health, "fluidity_server_agent_connections").await == Some(3.0)
+        })
+        .await;
+        let origin = spawn_origin().await;
+        let url = format!("http://{}/echo", origin.addr);
+        let statuses = get_on_held_connections(agent, 6, &url).await;
+        assert_eq!(statuses, vec![StatusCode::OK; 6]);
+        t.agent.shutdown().await;
+        eventually(10, "the server to see the tunnels go", || async move {
+            metric(health, "fluidity_server_agent_connections").await == Some(0.0)
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn callers_of_a_tunnel_that_is_down_use_one_that_is_up() {
+    within(30, async {
+        let pki = TestPki::new();
+        let server = spawn_server(server_config(&pki)).await;
+        // A path to the server that carries the first connection only: one of the two tunnels never comes up.
+        let upstream = server.addr;
+        let passed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gate = serve_each(move |mut inbound| {
+            let first = !passed.swap(true, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if first {
+                    let mut outbound = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            }
+        })
+        .await;
+        let mut config = agent_config(&pki, gate.addr);
+        config.tunnels = 2;
+        let agent = spawn_agent(config).await;
+        agent.wait_up().await;
+        let addr = agent.addr;
+        assert_eq!(metric(addr, "fluidity_agent_tunnel_up").await, Some(1.0));
+        let origin = spawn_origin().await;
+        let url = format!("http://{}/echo", origin.addr);
+        // Four callers spread over both tunnels' threads; those next to the tunnel that is down borrow the other.
+        let statuses = get_on_held_connections(addr, 4, &url).await;
+        assert_eq!(statuses, vec![StatusCode::OK; 4]);
+        assert_eq!(health_status(addr).await, Some(200));
+        eventually(10, "the other tunnel to have failed", || async move {
+            metric(addr, "fluidity_agent_tunnel_failures_total").await >= Some(1.0)
+        })
+        .await;
+        agent.shutdown().await;
+    })
+    .await;
+}

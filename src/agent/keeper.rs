@@ -1,8 +1,9 @@
-//! The tunnel keeper: one HTTP/2 connection over mTLS to the server, kept up for as long as the agent runs.
+//! The tunnel keeper: one HTTP/2 connection over mTLS to the server, kept up for as long as the agent runs (one
+//! keeper per tunnel when `tunnels` is above 1).
 //!
 //! States: down → (connect, handshake, probe) → up → (connection ends) → down, with exponential backoff and jitter
 //! between attempts, never giving up. The current state is published on a `watch` channel that `/healthz` and the
-//! proxy read. The keeper does not retry requests: a stream in flight when the tunnel drops fails.
+//! proxy read ([`Tunnels`]). The keeper does not retry requests: a stream in flight when the tunnel drops fails.
 
 use bytes::Bytes;
 use rustls::pki_types::ServerName;
@@ -45,6 +46,37 @@ impl TunnelState {
     }
 }
 
+/// The agent's tunnels as one caller connection sees them: the tunnel of its own thread first, and while that one
+/// is down any other that is up.
+#[derive(Clone, Debug)]
+pub(crate) struct Tunnels {
+    own: usize,
+    all: Arc<[watch::Receiver<TunnelState>]>,
+}
+
+impl Tunnels {
+    /// The view of the callers served next to tunnel `own`.
+    pub(crate) fn new(own: usize, all: Arc<[watch::Receiver<TunnelState>]>) -> Self {
+        Self { own, all }
+    }
+
+    /// Whether a request can go out now: some tunnel is up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.all.iter().any(|tunnel| tunnel.borrow().is_up())
+    }
+
+    /// The request handle of the first tunnel that is up, starting with the own one.
+    pub(crate) fn sender(&self) -> Option<h2::client::SendRequest<Bytes>> {
+        let count = self.all.len();
+        (0..count).find_map(
+            |step| match &*self.all[(self.own + step) % count].borrow() {
+                TunnelState::Up(sender) => Some(sender.clone()),
+                TunnelState::Down => None,
+            },
+        )
+    }
+}
+
 /// Why one attempt to bring the tunnel up failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectError {
@@ -79,6 +111,8 @@ fn jitter_sample() -> f64 {
 
 /// Keeps the tunnel up and publishes its state.
 pub(crate) struct Keeper {
+    /// Which of the agent's tunnels this is (0-based), for the logs.
+    pub(crate) index: usize,
     pub(crate) server_host: String,
     pub(crate) server_port: u16,
     pub(crate) connect_timeout: Duration,
@@ -120,29 +154,29 @@ impl Keeper {
                 Ok((sender, mut conn)) => {
                     let since = Instant::now();
                     self.metrics.tunnel_connects.inc();
-                    self.metrics.tunnel_up.set(1);
+                    self.metrics.tunnel_up.inc();
                     self.state.send_replace(TunnelState::Up(sender));
-                    info!(server = %self.server_host, "tunnel up");
+                    info!(server = %self.server_host, tunnel = self.index, "tunnel up");
                     let ended = tokio::select! {
                         () = stop.cancelled() => None,
                         ended = &mut conn.0 => Some(ended),
                     };
                     self.state.send_replace(TunnelState::Down);
-                    self.metrics.tunnel_up.set(0);
+                    self.metrics.tunnel_up.dec();
                     let Some(ended) = ended else { return };
                     let reason = match ended {
                         Ok(Ok(())) => "connection closed".to_string(),
                         Ok(Err(err)) => err.to_string(),
                         Err(err) => err.to_string(),
                     };
-                    warn!(reason = %reason, "tunnel lost, reconnecting");
+                    warn!(reason = %reason, tunnel = self.index, "tunnel lost, reconnecting");
                     if since.elapsed() >= STABLE_PERIOD {
                         attempt = 0;
                     }
                 }
                 Err(err) => {
                     self.metrics.tunnel_failures.inc();
-                    warn!(error = %err, attempt, "tunnel connect failed");
+                    warn!(error = %err, attempt, tunnel = self.index, "tunnel connect failed");
                 }
             }
             let delay = backoff_delay(attempt, jitter_sample());

@@ -14,6 +14,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,18 +24,19 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::config::AgentConfig;
 use crate::metrics::{AgentMetrics, record_cert_expiry, watch_cert_expiry};
+use crate::shard::{Shards, least_loaded};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::MAX_HEADER_BYTES;
-use keeper::{Keeper, TunnelState};
+use keeper::{Keeper, TunnelState, Tunnels};
 
 /// Pause after a failed `accept()` (out of descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// State shared by the proxy's connections.
+/// State shared by the proxy's connections (one per tunnel: they differ only in which tunnel they try first).
 pub(crate) struct Shared {
     config: AgentConfig,
-    tunnel: watch::Receiver<TunnelState>,
+    tunnel: Tunnels,
     metrics: Arc<AgentMetrics>,
     drain: Drain,
 }
@@ -42,10 +44,11 @@ pub(crate) struct Shared {
 /// A bound agent, ready to [`run`](Agent::run).
 pub struct Agent {
     listener: TcpListener,
-    shared: Arc<Shared>,
-    keeper: Keeper,
+    /// One per tunnel, in tunnel order: the callers served on tunnel `i`'s thread use `lanes[i]`.
+    lanes: Vec<Arc<Shared>>,
+    keepers: Vec<Keeper>,
+    tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
 }
-
 /// Reloads the agent's certificate, key and CA (SIGHUP); the next tunnel uses them, the current one stays up.
 #[derive(Clone)]
 pub struct AgentReload {
@@ -87,31 +90,46 @@ impl Agent {
     /// # Errors
     /// Unusable certificates or keys (the message names the file) or a port that cannot be bound.
     pub async fn bind(config: AgentConfig) -> anyhow::Result<Self> {
-        let tls_config = load_tls(&config)?;
+        let tls_config = Arc::new(RwLock::new(load_tls(&config)?));
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let metrics = Arc::new(AgentMetrics::new());
         record_cert_expiry(&config.tls.cert_file, &metrics.cert_expiry_seconds, "agent");
-        let (state, tunnel) = watch::channel(TunnelState::Down);
-        let keeper = Keeper {
-            server_host: config.server_host.clone(),
-            server_port: config.server_port,
-            connect_timeout: config.connect_timeout,
-            keepalive: config.keepalive,
-            tls: Arc::new(RwLock::new(tls_config)),
-            state,
-            metrics: metrics.clone(),
-        };
+        let count = config.tunnels.max(1);
+        let (keepers, states): (Vec<_>, Vec<_>) = (0..count)
+            .map(|index| {
+                let (state, tunnel) = watch::channel(TunnelState::Down);
+                let keeper = Keeper {
+                    index,
+                    server_host: config.server_host.clone(),
+                    server_port: config.server_port,
+                    connect_timeout: config.connect_timeout,
+                    keepalive: config.keepalive,
+                    tls: tls_config.clone(),
+                    state,
+                    metrics: metrics.clone(),
+                };
+                (keeper, tunnel)
+            })
+            .unzip();
+        let states: Arc<[_]> = states.into();
+        let drain = Drain::default();
+        let lanes = (0..count)
+            .map(|own| {
+                Arc::new(Shared {
+                    config: config.clone(),
+                    tunnel: Tunnels::new(own, states.clone()),
+                    metrics: metrics.clone(),
+                    drain: drain.clone(),
+                })
+            })
+            .collect();
         Ok(Self {
             listener,
-            shared: Arc::new(Shared {
-                config,
-                tunnel,
-                metrics,
-                drain: Drain::default(),
-            }),
-            keeper,
+            lanes,
+            keepers,
+            tls: tls_config,
         })
     }
 
@@ -128,28 +146,48 @@ impl Agent {
     /// A handle that reloads the TLS material.
     pub fn reloader(&self) -> AgentReload {
         AgentReload {
-            config: self.shared.config.clone(),
-            tls: self.keeper.tls.clone(),
-            metrics: self.shared.metrics.clone(),
+            config: self.lanes[0].config.clone(),
+            tls: self.tls.clone(),
+            metrics: self.lanes[0].metrics.clone(),
         }
     }
 
-    /// Keeps the tunnel up and serves callers until `shutdown` is cancelled; then stops accepting, lets requests
+    /// Keeps the tunnels up and serves callers until `shutdown` is cancelled; then stops accepting, lets requests
     /// and streams finish for the grace period, and returns.
     ///
+    /// The first tunnel and its callers run on the caller's runtime; with `tunnels` above 1, each further tunnel
+    /// runs on a thread of its own, and each new caller connection goes to the tunnel serving the fewest, so that
+    /// a request never crosses threads on its way through the agent.
+    ///
     /// # Errors
-    /// None at present; the signature leaves room for fatal listener errors.
+    /// When the threads for further tunnels cannot be started.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let shared = self.shared;
+        let lanes = self.lanes;
+        let shared = lanes[0].clone();
+        let drain = shared.drain.clone();
         let keeper_stop = CancellationToken::new();
-        let keeper_task = tokio::spawn(self.keeper.run(keeper_stop.clone()));
+        let mut keepers = self.keepers.into_iter();
+        let threads = match lanes.len() {
+            1 => None,
+            n => Some(Shards::start(n - 1).context("cannot start the tunnels' threads")?),
+        };
+        let first = keepers
+            .next()
+            .map(|keeper| tokio::spawn(keeper.run(keeper_stop.clone())));
+        if let Some(threads) = &threads {
+            for (index, keeper) in keepers.enumerate() {
+                threads.run_uncounted(index, keeper.run(keeper_stop.clone()));
+            }
+        }
         watch_cert_expiry(
-            &shared.drain,
+            &drain,
             shared.config.tls.cert_file.clone(),
             shared.metrics.cert_expiry_seconds.clone(),
             "agent",
         );
-        info!(addr = %self.listener.local_addr()?, "agent listening");
+        info!(addr = %self.listener.local_addr()?, tunnels = lanes.len(), "agent listening");
+        // Caller connections served on this thread (the others count their own).
+        let here = Arc::new(AtomicUsize::new(0));
         let mut next_id: u64 = 0;
         loop {
             let (tcp, peer) = tokio::select! {
@@ -165,16 +203,62 @@ impl Agent {
             };
             next_id += 1;
             let span = debug_span!("caller", %peer, conn = next_id);
-            shared
-                .drain
-                .tasks
-                .spawn(serve_caller(shared.clone(), tcp).instrument(span));
+            let lane = match &threads {
+                None => 0,
+                Some(threads) => {
+                    let loads =
+                        std::iter::once(here.load(Ordering::Relaxed)).chain(threads.loads());
+                    least_loaded(loads).unwrap_or(0)
+                }
+            };
+            match (lane.checked_sub(1), &threads) {
+                (Some(index), Some(threads)) => {
+                    let tcp = match tcp.into_std() {
+                        Ok(tcp) => tcp,
+                        Err(err) => {
+                            warn!(%peer, error = %err, "cannot hand the connection to its tunnel's thread");
+                            continue;
+                        }
+                    };
+                    // Tracked here, so that a drain never misses a connection in transit to its thread.
+                    let token = drain.tasks.token();
+                    let shared = lanes[lane].clone();
+                    threads.run_on(
+                        index,
+                        async move {
+                            match TcpStream::from_std(tcp) {
+                                Ok(tcp) => serve_caller(shared, tcp).await,
+                                Err(err) => warn!(error = %err, "cannot register the connection"),
+                            }
+                            drop(token);
+                        }
+                        .instrument(span),
+                    );
+                }
+                _ => {
+                    let shared = lanes[0].clone();
+                    let here = here.clone();
+                    here.fetch_add(1, Ordering::Relaxed);
+                    drain.tasks.spawn(
+                        async move {
+                            serve_caller(shared, tcp).await;
+                            here.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
         }
         drop(self.listener);
         info!("shutdown started");
-        shared.drain.clone().run(GRACE_PERIOD).await;
+        drain.run(GRACE_PERIOD).await;
         keeper_stop.cancel();
-        let _ = keeper_task.await;
+        if let Some(first) = first {
+            let _ = first.await;
+        }
+        if let Some(threads) = threads {
+            threads.stop().await;
+        }
         info!("shutdown finished");
         Ok(())
     }

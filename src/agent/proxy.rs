@@ -129,7 +129,7 @@ fn head_len<B>(req: &Request<B>) -> usize {
 fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     match admin_path(req) {
         Some(AdminPath::Health) => {
-            let up = shared.tunnel.borrow().is_up();
+            let up = shared.tunnel.is_up();
             let word = if up { "up" } else { "down" };
             health_response(up, format!(r#"{{"status":"{word}","tunnel":"{word}"}}"#))
         }
@@ -167,10 +167,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The tunnel's request handle, once it can take a new stream (waits while the server's stream limit is reached).
 async fn tunnel_sender(shared: &Shared) -> Result<h2::client::SendRequest<Bytes>, ForwardError> {
-    let sender = match &*shared.tunnel.borrow() {
-        super::TunnelState::Up(sender) => sender.clone(),
-        super::TunnelState::Down => return Err(ForwardError::TunnelDown),
-    };
+    let sender = shared.tunnel.sender().ok_or(ForwardError::TunnelDown)?;
     sender
         .ready()
         .await

@@ -19,8 +19,8 @@ use super::{
     DEFAULT_LISTEN_PORT, DEFAULT_LOCAL_PROXY_PORT, DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_STREAMS_PER_AGENT, DEFAULT_RATE_LIMIT_PER_AGENT,
     DEFAULT_SERVER_CERT_FILE, DEFAULT_SERVER_KEEPALIVE_SECS, DEFAULT_SERVER_KEY_FILE,
-    DEFAULT_SERVER_LISTEN_ADDR, DEFAULT_SERVER_PORT, DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS, LogFormat,
-    ProxyAuth,
+    DEFAULT_SERVER_LISTEN_ADDR, DEFAULT_SERVER_PORT, DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS,
+    DEFAULT_TUNNELS, LogFormat, ProxyAuth,
 };
 
 /// What the generic loading code (YAML, env, merge, origins) needs to know about a layer.
@@ -124,6 +124,11 @@ pub struct AgentLayer {
     #[arg(long, value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header_read_timeout_secs: Option<u64>,
+    /// Tunnel connections to the server, 1 to 16, each with a thread of its own for it and the callers it
+    /// carries: more use more cores under many parallel requests [default: 1] [env: FLUIDITY_TUNNELS]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnels: Option<usize>,
 }
 
 impl AgentLayer {
@@ -146,6 +151,7 @@ impl AgentLayer {
             idle_timeout_secs: Some(DEFAULT_IDLE_TIMEOUT_SECS),
             keepalive_secs: Some(DEFAULT_AGENT_KEEPALIVE_SECS),
             header_read_timeout_secs: Some(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            tunnels: Some(DEFAULT_TUNNELS),
         }
     }
 }
@@ -168,6 +174,7 @@ impl Layer for AgentLayer {
         "idle_timeout_secs",
         "keepalive_secs",
         "header_read_timeout_secs",
+        "tunnels",
     ];
     const LIST_KEYS: &'static [&'static str] = &[];
     const FILE_NAME: &'static str = "agent.yaml";
@@ -191,6 +198,7 @@ impl Layer for AgentLayer {
             idle_timeout_secs,
             keepalive_secs,
             header_read_timeout_secs,
+            tunnels,
         } = self;
         Self {
             server_ip: server_ip.or(lower.server_ip),
@@ -209,6 +217,7 @@ impl Layer for AgentLayer {
             idle_timeout_secs: idle_timeout_secs.or(lower.idle_timeout_secs),
             keepalive_secs: keepalive_secs.or(lower.keepalive_secs),
             header_read_timeout_secs: header_read_timeout_secs.or(lower.header_read_timeout_secs),
+            tunnels: tunnels.or(lower.tunnels),
         }
     }
 

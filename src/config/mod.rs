@@ -51,6 +51,10 @@ pub const DEFAULT_CA_CERT_FILE: &str = "certs/ca.crt";
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
 /// Agent: the largest accepted `header_read_timeout_secs`.
 pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
+/// Agent: default `tunnels`.
+pub const DEFAULT_TUNNELS: usize = 1;
+/// Agent: the most `tunnels` accepted.
+pub const MAX_TUNNELS: usize = 16;
 
 /// Server: default `listen_addr` (all IPv4 interfaces).
 pub const DEFAULT_SERVER_LISTEN_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -241,6 +245,8 @@ pub struct AgentConfig {
     pub keepalive: Duration,
     /// Limit for a caller to send its request head.
     pub header_read_timeout: Duration,
+    /// Tunnel connections to keep to the server, each on a thread of its own.
+    pub tunnels: usize,
 }
 
 impl AgentConfig {
@@ -259,6 +265,7 @@ impl AgentConfig {
             idle_timeout: idle_timeout(DEFAULT_IDLE_TIMEOUT_SECS),
             keepalive: Duration::from_secs(DEFAULT_AGENT_KEEPALIVE_SECS),
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+            tunnels: DEFAULT_TUNNELS,
         }
     }
 }
@@ -691,6 +698,7 @@ mod tests {
             server_ip: Some("new.example".into()),
             proxy_auth: ProxyAuth::parse("u:p w"),
             fast_connect: Some(true),
+            tunnels: Some(3),
             ..AgentLayer::default()
         };
         save_agent(&file, &cli).expect("saved");
@@ -699,6 +707,7 @@ mod tests {
         assert_eq!(config.server_host, "new.example");
         assert_eq!(config.log.level, "debug");
         assert!(config.fast_connect);
+        assert_eq!(config.tunnels, 3);
         let auth = config.proxy_auth.expect("saved auth");
         assert_eq!((auth.user(), auth.password()), ("u", "p w"));
     }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::sources::Origins;
 use super::{
-    AgentConfig, AgentLayer, ConfigError, LogSettings, MAX_HEADER_READ_TIMEOUT_SECS, ServerConfig,
-    ServerLayer, TlsFiles, idle_timeout, rate_limit_burst,
+    AgentConfig, AgentLayer, ConfigError, LogSettings, MAX_HEADER_READ_TIMEOUT_SECS, MAX_TUNNELS,
+    ServerConfig, ServerLayer, TlsFiles, idle_timeout, rate_limit_burst,
 };
 
 /// The level words tracing's filter accepts on their own.
@@ -107,6 +107,7 @@ pub(crate) fn resolve_agent(
         idle_timeout_secs,
         keepalive_secs,
         header_read_timeout_secs,
+        tunnels,
     } = merged;
 
     let server_host = check_server_host(required(server_ip, "server_ip", origins)?, origins)?;
@@ -128,6 +129,10 @@ pub(crate) fn resolve_agent(
             "header_read_timeout_secs",
             format!("must be between 1 and {MAX_HEADER_READ_TIMEOUT_SECS}"),
         ));
+    }
+    let tunnels = required(tunnels, "tunnels", origins)?;
+    if !(1..=MAX_TUNNELS).contains(&tunnels) {
+        return Err(origins.invalid("tunnels", format!("must be between 1 and {MAX_TUNNELS}")));
     }
     let listen_addr = required(listen_addr, "listen_addr", origins)?;
     let allow_open_proxy = required(allow_open_proxy, "allow_open_proxy", origins)?;
@@ -164,6 +169,7 @@ pub(crate) fn resolve_agent(
         idle_timeout: idle_timeout(required(idle_timeout_secs, "idle_timeout_secs", origins)?),
         keepalive: positive_secs(keepalive_secs, "keepalive_secs", origins)?,
         header_read_timeout: Duration::from_secs(header_read_timeout_secs),
+        tunnels,
     })
 }
 
@@ -413,6 +419,20 @@ mod tests {
                     ..AgentLayer::default()
                 },
                 "agent.yaml: server_port: must not be 0",
+            ),
+            (
+                AgentLayer {
+                    tunnels: Some(0),
+                    ..AgentLayer::default()
+                },
+                "agent.yaml: tunnels: must be between 1 and 16",
+            ),
+            (
+                AgentLayer {
+                    tunnels: Some(17),
+                    ..AgentLayer::default()
+                },
+                "agent.yaml: tunnels: must be between 1 and 16",
             ),
         ];
         for (layer, expected) in cases {

@@ -332,6 +332,7 @@ mod tests {
             ("FLUIDITY_SERVER_IP", "10.1.2.3"),
             ("FLUIDITY_SERVER_PORT", "9443"),
             ("FLUIDITY_FAST_CONNECT", "true"),
+            ("FLUIDITY_TUNNELS", "2"),
             ("FLUIDITY_ALLOW_OPEN_PROXY", "false"),
             ("FLUIDITY_LISTEN_ADDR", "::1"),
             ("FLUIDITY_LOG_FORMAT", "json"),
@@ -345,6 +346,7 @@ mod tests {
         assert_eq!(layer.server_ip.as_deref(), Some("10.1.2.3"));
         assert_eq!(layer.server_port, Some(9443));
         assert_eq!(layer.fast_connect, Some(true));
+        assert_eq!(layer.tunnels, Some(2));
         assert_eq!(layer.allow_open_proxy, Some(false));
         assert_eq!(layer.listen_addr, Some("::1".parse().expect("ip")));
         assert_eq!(layer.log_format, Some(LogFormat::Json));

@@ -9,7 +9,6 @@ mod guard;
 mod origin;
 pub(crate) mod policy;
 mod service;
-mod shard;
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -213,7 +212,7 @@ impl Server {
         let local = self.listener.local_addr()?;
         info!(addr = %local, health = %health_addr, "server listening");
         let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
-        let shards = shard::Shards::start(shard::count())?;
+        let shards = crate::shard::Shards::start(crate::shard::count())?;
         let mut next_id: u64 = 0;
         loop {
             let (tcp, peer) = tokio::select! {

@@ -1,10 +1,11 @@
-//! Worker threads that serve tunnels: one per core, each with its own single-thread runtime.
+//! Worker threads, each with its own single-thread runtime, that connections are handed to whole.
 //!
-//! A tunnel and every stream on it (the HTTP/2 connection task, one task per stream, the target connections it
-//! opens) live on the worker that accepted it, so handing data between them never crosses threads: on the
-//! multi-thread runtime, those cross-thread wake-ups and the work stealing cost a fifth to a quarter of the
+//! Server: a tunnel and every stream on it (the HTTP/2 connection task, one task per stream, the target
+//! connections it opens) live on the worker that accepted it, so handing data between them never crosses threads:
+//! on the multi-thread runtime, those cross-thread wake-ups and the work stealing cost a fifth to a quarter of the
 //! server's CPU per request and per byte (measured in bench/). Different tunnels still use different cores: each
-//! new connection goes to the worker serving the fewest.
+//! new connection goes to the worker serving the fewest. Agent (`tunnels` above 1): each extra tunnel and the
+//! callers that use it live on a worker of their own.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tokio::sync::mpsc;
 type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How many workers to start: one per core the process may use.
-pub(super) fn count() -> usize {
+pub(crate) fn count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
@@ -26,8 +27,23 @@ struct Worker {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// The position of the smallest load (the first of equals); `None` for no loads.
+pub(crate) fn least_loaded(loads: impl Iterator<Item = usize>) -> Option<usize> {
+    loads
+        .enumerate()
+        .min_by_key(|&(_, load)| load)
+        .map(|(index, _)| index)
+}
+
+impl Worker {
+    fn submit(&self, work: impl Future<Output = ()> + Send + 'static) {
+        // A send fails only once the worker has stopped, which happens after the accept loop has ended.
+        let _ = self.jobs.send(Box::pin(work));
+    }
+}
+
 /// The running workers.
-pub(super) struct Shards {
+pub(crate) struct Shards {
     workers: Vec<Worker>,
 }
 
@@ -36,7 +52,7 @@ impl Shards {
     ///
     /// # Errors
     /// When a thread or its runtime cannot be created.
-    pub(super) fn start(n: usize) -> std::io::Result<Self> {
+    pub(crate) fn start(n: usize) -> std::io::Result<Self> {
         let mut workers = Vec::with_capacity(n.max(1));
         for index in 0..n.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -64,25 +80,44 @@ impl Shards {
 
     /// Runs `work` on the least busy worker. Nothing in it runs before the worker polls it, so sockets it opens
     /// or registers belong to that worker.
-    pub(super) fn run(&self, work: impl Future<Output = ()> + Send + 'static) {
-        let Some(worker) = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.load.load(Ordering::Relaxed))
-        else {
+    pub(crate) fn run(&self, work: impl Future<Output = ()> + Send + 'static) {
+        if let Some(index) = least_loaded(self.loads()) {
+            self.run_on(index, work);
+        }
+    }
+
+    /// How many connections each worker is serving now, in worker order.
+    pub(crate) fn loads(&self) -> impl Iterator<Item = usize> + '_ {
+        self.workers.iter().map(|w| w.load.load(Ordering::Relaxed))
+    }
+
+    /// Runs `work` on worker `index`, counted in its load while it runs; nothing when there is no such worker.
+    pub(crate) fn run_on(&self, index: usize, work: impl Future<Output = ()> + Send + 'static) {
+        let Some(worker) = self.workers.get(index) else {
             return;
         };
         let load = worker.load.clone();
         load.fetch_add(1, Ordering::Relaxed);
-        // A send fails only once the worker has stopped, which happens after the accept loop has ended.
-        let _ = worker.jobs.send(Box::pin(async move {
+        worker.submit(async move {
             work.await;
             load.fetch_sub(1, Ordering::Relaxed);
-        }));
+        });
+    }
+
+    /// Runs `work` on worker `index` without counting it as load: for background work that lives as long as the
+    /// worker does.
+    pub(crate) fn run_uncounted(
+        &self,
+        index: usize,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) {
+        if let Some(worker) = self.workers.get(index) {
+            worker.submit(work);
+        }
     }
 
     /// Stops the workers (cancelling anything still running on them) and waits for their threads to end.
-    pub(super) async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let threads: Vec<_> = self
             .workers
             .into_iter()
@@ -103,6 +138,14 @@ impl Shards {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_least_loaded_is_the_first_of_the_smallest() {
+        assert_eq!(least_loaded([3, 1, 2, 1].into_iter()), Some(1));
+        assert_eq!(least_loaded([0, 0].into_iter()), Some(0));
+        assert_eq!(least_loaded([2, 5, 0].into_iter()), Some(2));
+        assert_eq!(least_loaded(std::iter::empty()), None);
+    }
 
     #[tokio::test]
     async fn jobs_run_on_worker_threads_and_spread_by_load() {
