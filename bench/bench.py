@@ -32,12 +32,13 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 GIB = 1 << 30
 MIB = 1 << 20
 
-ALL_SYSTEMS = ["direct", "fluidity", "fluidity-fc", "stunnel", "ss-aes", "ss-2022"]
+ALL_SYSTEMS = ["direct", "fluidity", "fluidity-fc", "fluidity-t2", "stunnel", "ss-aes", "ss-2022"]
 ALL_WORKLOADS = ["bulk", "small", "setup", "ws", "tunnels", "distance"]
 SYSTEM_DOC = {
     "direct": "no proxy (the ceiling)",
     "fluidity": "fluidity agent -> server, fast_connect: false (the default)",
     "fluidity-fc": "fluidity agent -> server, fast_connect: true (CONNECT-based figures only)",
+    "fluidity-t2": "fluidity agent -> server, tunnels: 2 (small-request and setup figures only)",
     "stunnel": "stunnel client -> TLS 1.3 mTLS -> stunnel server -> tinyproxy",
     "ss-aes": "shadowsocks-rust sslocal --protocol http -> ssserver, aes-128-gcm",
     "ss-2022": "shadowsocks-rust sslocal --protocol http -> ssserver, 2022-blake3-aes-128-gcm",
@@ -363,6 +364,8 @@ class System:
         self.ctx = ctx
         self.name = name
         self.connect_only = name == "fluidity-fc"
+        # Workloads a variant takes part in (None: all).
+        self.workloads = {"small", "setup"} if name == "fluidity-t2" else None
         self.seq = 0
 
     def start(self, far=False, link_mbit=None):
@@ -430,6 +433,8 @@ class System:
                  "--local-proxy-port", str(ap), "--cert-file", f"{certs}/client.crt",
                  "--key-file", f"{certs}/client.key", "--ca-cert-file", f"{certs}/ca.crt",
                  "--fast-connect", fc, "--log-level", "warn"]
+        if self.name == "fluidity-t2":
+            agent += ["--tunnels", "2"]
         ag = c.procs.start("fluidity-agent", agent, d)
         inst.procs.append(ag)
         inst.proxy_pids = [ag.pid, srv.pid]
@@ -709,8 +714,11 @@ class Bench:
             else:
                 self.res.add(s, k, v, rep)
 
-    def systems_for(self, connect_based):
-        return [s for s in self.ctx.systems if connect_based or not self.sysobj[s].connect_only]
+    def systems_for(self, connect_based, workload):
+        def takes_part(sysobj):
+            return ((connect_based or not sysobj.connect_only)
+                    and (sysobj.workloads is None or workload in sysobj.workloads))
+        return [s for s in self.ctx.systems if takes_part(self.sysobj[s])]
 
     # -- 1. bulk
     def bulk_once(self, inst, mode, nbytes, url_port=None, far=False):
@@ -744,7 +752,7 @@ class Bench:
     def w_bulk(self):
         for mode in ("connect", "get"):
             for rep in range(self.p["reps"]):
-                for s in self.systems_for(mode == "connect"):
+                for s in self.systems_for(mode == "connect", "bulk"):
                     log(f"bulk {mode} rep {rep + 1}: {s}")
 
                     def fn(inst, mode=mode):
@@ -825,7 +833,7 @@ class Bench:
                 continue
             for c in self.p["conc"]:
                 for rep in range(self.p["reps"]):
-                    for s in self.systems_for(kind == "tls"):
+                    for s in self.systems_for(kind == "tls", "small"):
                         log(f"small {kind} c{c} rep {rep + 1}: {s}")
                         pre = f"small_{kind}_c{c}_"
 
@@ -842,7 +850,7 @@ class Bench:
     def w_setup(self):
         o = self.ctx.origins
         for rep in range(self.p["reps"]):
-            for s in self.systems_for(True):
+            for s in self.systems_for(True, "setup"):
                 log(f"setup rep {rep + 1}: {s}")
 
                 def fn(inst):
@@ -861,7 +869,7 @@ class Bench:
         o = self.ctx.origins
         for mode in ("connect", "upgrade"):
             for rep in range(self.p["reps"]):
-                for s in self.systems_for(mode == "connect"):
+                for s in self.systems_for(mode == "connect", "ws"):
                     log(f"ws {mode} rep {rep + 1}: {s}")
 
                     def fn(inst, mode=mode):
@@ -959,7 +967,7 @@ class Bench:
     def w_tunnels(self):
         keys = ["tun_open", "tun_alive", "tun_rss", "tun_cycles_ok", "tun_fd_before", "tun_fd_growth"]
         for rep in range(self.p["reps"]):
-            for s in self.systems_for(True):
+            for s in self.systems_for(True, "tunnels"):
                 if s == "direct":
                     continue
                 log(f"tunnels rep {rep + 1}: {s}")
@@ -1021,7 +1029,7 @@ class Bench:
         each of `figures` (key -> function of the instance) rep by rep, and stops the systems."""
         far = {}
         try:
-            for s in self.systems_for(True):
+            for s in self.systems_for(True, "distance"):
                 try:
                     far[s] = self.sysobj[s].start(far=True, link_mbit=link_mbit)
                 except Exception as e:  # noqa: BLE001
