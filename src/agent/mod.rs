@@ -211,8 +211,8 @@ impl Agent {
                     least_loaded(loads).unwrap_or(0)
                 }
             };
-            match (lane.checked_sub(1), &threads) {
-                (Some(index), Some(threads)) => {
+            match (&threads, lane.checked_sub(1)) {
+                (Some(threads), Some(index)) => {
                     let tcp = match tcp.into_std() {
                         Ok(tcp) => tcp,
                         Err(err) => {
@@ -235,6 +235,7 @@ impl Agent {
                         .instrument(span),
                     );
                 }
+                // The first tunnel's callers run here, on the accepting thread.
                 _ => {
                     let shared = lanes[0].clone();
                     let here = here.clone();
