@@ -10,7 +10,10 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, warn};
 
 /// Work for a worker: a connection's future, first polled (and so registering its sockets) on the worker's thread.
 type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -102,6 +105,41 @@ impl Shards {
             work.await;
             load.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+
+    /// Hands the accepted connection `tcp` to worker `index` (the least busy with `None`), where `serve` runs with
+    /// it, registered with that worker's runtime, inside `span`. The connection is tracked by `tasks` from here, on
+    /// the accepting thread, so that a drain never misses one in transit to its worker.
+    ///
+    /// # Errors
+    /// When the socket cannot be taken off this thread's runtime; the connection is then dropped.
+    pub(crate) fn hand_over<F, Fut>(
+        &self,
+        index: Option<usize>,
+        tcp: TcpStream,
+        tasks: &TaskTracker,
+        span: tracing::Span,
+        serve: F,
+    ) -> std::io::Result<()>
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let tcp = tcp.into_std()?;
+        let token = tasks.token();
+        let job = async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => serve(tcp).await,
+                Err(err) => warn!(error = %err, "cannot register the connection"),
+            }
+            drop(token);
+        }
+        .instrument(span);
+        match index {
+            Some(index) => self.run_on(index, job),
+            None => self.run(job),
+        }
+        Ok(())
     }
 
     /// Runs `work` on worker `index` without counting it as load: for background work that lives as long as the

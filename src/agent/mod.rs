@@ -213,27 +213,14 @@ impl Agent {
             };
             match (&threads, lane.checked_sub(1)) {
                 (Some(threads), Some(index)) => {
-                    let tcp = match tcp.into_std() {
-                        Ok(tcp) => tcp,
-                        Err(err) => {
-                            warn!(%peer, error = %err, "cannot hand the connection to its tunnel's thread");
-                            continue;
-                        }
-                    };
-                    // Tracked here, so that a drain never misses a connection in transit to its thread.
-                    let token = drain.tasks.token();
                     let shared = lanes[lane].clone();
-                    threads.run_on(
-                        index,
-                        async move {
-                            match TcpStream::from_std(tcp) {
-                                Ok(tcp) => serve_caller(shared, tcp).await,
-                                Err(err) => warn!(error = %err, "cannot register the connection"),
-                            }
-                            drop(token);
-                        }
-                        .instrument(span),
-                    );
+                    let handed =
+                        threads.hand_over(Some(index), tcp, &drain.tasks, span, move |tcp| {
+                            serve_caller(shared, tcp)
+                        });
+                    if let Err(err) = handed {
+                        warn!(%peer, error = %err, "cannot hand the connection to its tunnel's thread");
+                    }
                 }
                 // The first tunnel's callers run here, on the accepting thread.
                 _ => {

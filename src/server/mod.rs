@@ -239,28 +239,14 @@ impl Server {
             next_id += 1;
             let id = next_id;
             let span = info_span!("agent", %peer, conn = id);
-            let tcp = match tcp.into_std() {
-                Ok(tcp) => tcp,
-                Err(err) => {
-                    warn!(%peer, error = %err, "cannot hand the connection to a worker");
-                    continue;
-                }
-            };
             let shared = shared.clone();
-            // The task is tracked here, on the accepting thread, so that a drain never misses a connection in
-            // transit to its worker.
-            let token = drain.tasks.token();
-            shards.run(
-                async move {
-                    match TcpStream::from_std(tcp) {
-                        Ok(tcp) => serve_agent(&shared, tcp, peer, id).await,
-                        Err(err) => warn!(%peer, error = %err, "cannot register the connection"),
-                    }
-                    drop(permit);
-                    drop(token);
-                }
-                .instrument(span),
-            );
+            let handed = shards.hand_over(None, tcp, &drain.tasks, span, move |tcp| async move {
+                serve_agent(&shared, tcp, peer, id).await;
+                drop(permit);
+            });
+            if let Err(err) = handed {
+                warn!(%peer, error = %err, "cannot hand the connection to a worker");
+            }
         }
         drop(self.listener);
         info!("shutdown started");
