@@ -59,6 +59,23 @@ fn check_positive(value: u64, key: &'static str, origins: &Origins) -> Result<()
     }
 }
 
+/// A required value from 1 to `max`.
+fn from_one_to<T>(
+    max: T,
+    value: Option<T>,
+    key: &'static str,
+    origins: &Origins,
+) -> Result<T, ConfigError>
+where
+    T: PartialOrd + From<u8> + std::fmt::Display,
+{
+    let value = required(value, key, origins)?;
+    if value < T::from(1) || value > max {
+        return Err(origins.invalid(key, format!("must be between 1 and {max}")));
+    }
+    Ok(value)
+}
+
 /// The server host: an IP address or a host name, without a port. `[v6]` is accepted and unbracketed.
 fn check_server_host(raw: String, origins: &Origins) -> Result<String, ConfigError> {
     let host = raw.trim();
@@ -119,21 +136,13 @@ pub(crate) fn resolve_agent(
     check_log_level(&log_level, origins)?;
     let connect_timeout_secs = required(connect_timeout_secs, "connect_timeout_secs", origins)?;
     check_positive(connect_timeout_secs, "connect_timeout_secs", origins)?;
-    let header_read_timeout_secs = required(
+    let header_read_timeout_secs = from_one_to(
+        MAX_HEADER_READ_TIMEOUT_SECS,
         header_read_timeout_secs,
         "header_read_timeout_secs",
         origins,
     )?;
-    if !(1..=MAX_HEADER_READ_TIMEOUT_SECS).contains(&header_read_timeout_secs) {
-        return Err(origins.invalid(
-            "header_read_timeout_secs",
-            format!("must be between 1 and {MAX_HEADER_READ_TIMEOUT_SECS}"),
-        ));
-    }
-    let tunnels = required(tunnels, "tunnels", origins)?;
-    if !(1..=MAX_TUNNELS).contains(&tunnels) {
-        return Err(origins.invalid("tunnels", format!("must be between 1 and {MAX_TUNNELS}")));
-    }
+    let tunnels = from_one_to(MAX_TUNNELS, tunnels, "tunnels", origins)?;
     let listen_addr = required(listen_addr, "listen_addr", origins)?;
     let allow_open_proxy = required(allow_open_proxy, "allow_open_proxy", origins)?;
     if !listen_addr.is_loopback() && proxy_auth.is_none() && !allow_open_proxy {
