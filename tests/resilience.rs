@@ -396,8 +396,11 @@ async fn get_on_held_connections(
     let mut clients = Vec::new();
     for _ in 0..count {
         let mut client = proxy_client(agent).await;
-        // One answered request first: the agent has placed the connection before the next one arrives.
-        assert_eq!(send_get(&mut client, url).await.status(), StatusCode::OK);
+        // One answered request first: the agent has placed the connection before the next one arrives. Its body
+        // is read to the end, so that the connection is ready for the next request.
+        let response = send_get(&mut client, url).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.unwrap();
         clients.push(client);
     }
     let requests = clients.iter_mut().map(|client| async move {
