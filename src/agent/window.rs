@@ -11,7 +11,8 @@
 //! server's windows (what an agent may make the shared server hold) stay fixed.
 //!
 //! The same PINGs keep the tunnel alive: one every `keepalive` while the tunnel is quiet, and one per sample while
-//! bytes arrive and the windows can still grow, never more than one per [`SAMPLE_GAP`].
+//! traffic arrives and the windows can still grow, never more than one per [`SAMPLE_GAP`]. A PING's own answer
+//! is not traffic ([`CHATTER_BYTES`]), so a tunnel gone quiet goes back to keep-alive PINGs.
 
 use std::io;
 use std::pin::Pin;
@@ -32,16 +33,52 @@ pub(crate) const MAX_STREAM_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
 /// Shortest pause between two samples while bytes arrive.
 pub(crate) const SAMPLE_GAP: Duration = Duration::from_millis(100);
 
-/// Bytes read from the tunnel's socket, and a wake-up for the pinger when they start arriving.
-#[derive(Debug, Default)]
+/// Bytes a PING's round trip may bring without counting as traffic: its own answer and the odd other control frame
+/// (each under 100 bytes on the wire). Windows only matter when megabytes arrive per round trip.
+pub(crate) const CHATTER_BYTES: u64 = 1024;
+
+/// Bytes read from the tunnel's socket, and a wake-up for the pinger when more than chatter has arrived.
+#[derive(Debug)]
 pub(crate) struct Traffic {
     received: AtomicU64,
+    /// The `received` total at which to wake the pinger; `u64::MAX` when it is not waiting for traffic.
+    wake_at: AtomicU64,
     arrived: Notify,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Self {
+            received: AtomicU64::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
+            arrived: Notify::new(),
+        }
+    }
 }
 
 impl Traffic {
     fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` bytes read, and wakes the pinger (once) when they reach its mark.
+    fn add(&self, n: u64) {
+        let total = self.received.fetch_add(n, Ordering::Relaxed) + n;
+        let at = self.wake_at.load(Ordering::Relaxed);
+        if total >= at
+            && self
+                .wake_at
+                .compare_exchange(at, u64::MAX, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.arrived.notify_one();
+        }
+    }
+
+    /// Asks for one wake-up once more than `bytes` have arrived from now on.
+    fn wake_after(&self, bytes: u64) {
+        self.wake_at
+            .store(self.received().saturating_add(bytes + 1), Ordering::Relaxed);
     }
 }
 
@@ -67,8 +104,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.traffic.received.fetch_add(n as u64, Ordering::Relaxed);
-            self.traffic.arrived.notify_one();
+            self.traffic.add(n as u64);
         }
         polled
     }
@@ -167,10 +203,10 @@ impl Pinger {
         }
     }
 
-    /// Pings the server until a round trip sees bytes arrive, and returns them scaled to the path's round trip
-    /// (see [`bytes_per_path_rtt`]). It pings every `every` while the tunnel is quiet, and, while `can_grow`, as
-    /// soon as bytes arrive and then once per round trip while they keep arriving, never more than once per
-    /// [`SAMPLE_GAP`]. Fails when a PING goes unanswered for `every` (a link that went silent) or the connection
+    /// Pings the server until a round trip sees more than [`CHATTER_BYTES`] arrive, and returns them scaled to the
+    /// path's round trip (see [`bytes_per_path_rtt`]). It pings every `every` while the tunnel is quiet, and, while
+    /// `can_grow`, as soon as more than chatter arrives and then once per round trip while it keeps arriving, never
+    /// more than once per [`SAMPLE_GAP`]. Fails when a PING goes unanswered for `every` (a link that went silent) or the connection
     /// fails. Cancel safe between PINGs only: the caller keeps the future until it completes.
     pub(crate) async fn next_sample(&mut self, can_grow: bool) -> Result<u64, TunnelLost> {
         loop {
@@ -198,10 +234,12 @@ impl Pinger {
             let during = self.traffic.received() - before;
             let path = self.path_rtt.map_or(rtt, |p| p.min(rtt));
             self.path_rtt = Some(path);
-            self.flowing = during > 0;
+            // The PONG itself is not traffic: counted as such, every PONG would draw the next PING.
+            self.flowing = during > CHATTER_BYTES;
             if self.flowing {
                 return Ok(bytes_per_path_rtt(during, rtt, path));
             }
+            self.traffic.wake_after(CHATTER_BYTES);
         }
     }
 }
@@ -254,23 +292,88 @@ mod tests {
         assert_eq!(bytes_per_path_rtt(u64::MAX, ms(1), ms(2)), u64::MAX);
     }
 
-    #[tokio::test]
-    async fn metered_counts_what_is_read_and_passes_writes_through() {
+    /// Whether the pinger's wake-up is there (a stored permit); waits 5 s of paused time for it.
+    async fn woken(traffic: &Traffic) -> bool {
+        let wait = Duration::from_secs(5);
+        tokio::time::timeout(wait, traffic.arrived.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metered_counts_what_is_read_wakes_once_past_the_mark_and_passes_writes_through() {
         let traffic = Arc::new(Traffic::default());
         let (a, mut b) = tokio::io::duplex(64);
         let mut metered = Metered::new(a, traffic.clone());
-        b.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 16];
-        let n = metered.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"hello");
+        let mut pass = async |bytes: &[u8]| {
+            b.write_all(bytes).await.unwrap();
+            let n = metered.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], bytes);
+        };
+        // No mark set: bytes are counted, nobody is woken.
+        pass(b"hello").await;
         assert_eq!(traffic.received(), 5);
-        // The reader was told that bytes arrived (a permit is stored for the next wait).
-        tokio::time::timeout(Duration::from_secs(5), traffic.arrived.notified())
-            .await
-            .unwrap();
+        assert!(!woken(&traffic).await);
+        // Once more than 3 bytes have arrived: not by 3, then once by the fourth, and no more after it.
+        traffic.wake_after(3);
+        pass(b"abc").await;
+        assert!(!woken(&traffic).await);
+        pass(b"d").await;
+        assert!(woken(&traffic).await);
+        pass(b"efgh").await;
+        assert!(!woken(&traffic).await);
+        assert_eq!(traffic.received(), 13);
         metered.write_all(b"back").await.unwrap();
         let n = b.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"back");
-        assert_eq!(traffic.received(), 5);
+        assert_eq!(traffic.received(), 13);
+    }
+
+    /// A tunnel that carried a download and then went quiet is pinged once per keep-alive period, not once per
+    /// answer: a PONG counted as traffic drew the next PING, ten a second for as long as the tunnel lasted.
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_gone_quiet_gets_keepalive_pings_only() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut server = h2::server::handshake(server_io).await.unwrap();
+            while let Some(Ok((_request, mut respond))) = server.accept().await {
+                let mut body = respond
+                    .send_response(http::Response::new(()), false)
+                    .unwrap();
+                body.send_data(bytes::Bytes::from(vec![7u8; 256 * 1024]), true)
+                    .unwrap();
+            }
+        });
+        let traffic = Arc::new(Traffic::default());
+        let (mut client, mut connection) =
+            h2::client::handshake(Metered::new(client_io, traffic.clone()))
+                .await
+                .unwrap();
+        let pings = connection.ping_pong().unwrap();
+        tokio::spawn(connection);
+
+        let request = http::Request::get("http://origin/").body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let mut downloaded = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            downloaded += chunk.len();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+        }
+        assert_eq!(downloaded, 256 * 1024);
+
+        let every = Duration::from_secs(30);
+        let mut pinger = Pinger::new(pings, every, traffic.clone());
+        let before = traffic.received();
+        let quiet = tokio::time::timeout(every * 10, pinger.next_sample(true)).await;
+        assert!(quiet.is_err(), "a quiet tunnel gave a sample: {quiet:?}");
+        // A PONG is 17 bytes here (no TLS): the path PING and at most ten keep-alive ones.
+        let answers = traffic.received() - before;
+        assert!(
+            answers > 0 && answers <= 11 * 17,
+            "{answers} bytes of answers"
+        );
     }
 }
