@@ -108,6 +108,31 @@ def cpu_seconds(pids):
     return total / CLK
 
 
+def machine_ticks():
+    """(stolen, total) CPU ticks of the whole machine so far, from /proc/stat; None where it cannot be read.
+    Stolen ticks are those the hypervisor gave to other guests while this one wanted to run."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+    except (OSError, ValueError):
+        return None
+    if len(ticks) < 8:
+        return None
+    return ticks[7], sum(ticks)
+
+
+def fmt_stolen(pct):
+    return "unknown" if pct is None else f"{pct:.1f} %"
+
+
+def stolen_pct(before, after):
+    """Percent of the machine's CPU time stolen between two machine_ticks() readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+
 def rss_kib(pids):
     total = 0
     for p in with_descendants(pids):
@@ -678,6 +703,7 @@ class Bench:
         self.res = Results()
         self.near = {}  # system name -> Instance
         self.notes = set()  # observations printed under the table
+        self.stolen = {}  # workload -> percent of the machine's CPU time stolen by the hypervisor while it ran
         self.sysobj = {s: System(ctx, s) for s in ctx.systems}
 
     # -- helpers
@@ -1050,10 +1076,14 @@ class Bench:
     def run(self):
         for w in self.ctx.workloads:
             t0 = time.monotonic()
+            m0 = machine_ticks()
             log(f"=== workload {w}")
             getattr(self, "w_" + w)()
-            self.res.samples.append({"event": f"workload {w} took {time.monotonic() - t0:.1f} s"})
-            log(f"=== workload {w} done in {time.monotonic() - t0:.0f} s")
+            stolen = stolen_pct(m0, machine_ticks())
+            self.stolen[w] = stolen
+            self.res.samples.append({"event": f"workload {w} took {time.monotonic() - t0:.1f} s",
+                                     "stolen_pct": stolen})
+            log(f"=== workload {w} done in {time.monotonic() - t0:.0f} s, {stolen} % of CPU time stolen")
         for s in list(self.near):
             self.sysobj[s].stop(self.near.pop(s))
 
@@ -1178,6 +1208,7 @@ def main():
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
+    ticks_before = machine_ticks()
     meta = {"date": started.isoformat(timespec="seconds"), "uptime_before": uptime(), "nproc": os.cpu_count(),
             "kernel": platform.release(), "command": args.command, "quick": args.quick, "params": ctx.p,
             "systems": {s: SYSTEM_DOC[s] for s in ctx.systems}, "workloads": ctx.workloads}
@@ -1200,6 +1231,9 @@ def main():
     finally:
         ctx.procs.stop_all()
     meta["uptime_after"] = uptime()
+    meta["stolen_pct"] = stolen_pct(ticks_before, machine_ticks())
+    if bench is not None:
+        meta["stolen_pct_by_workload"] = bench.stolen
     meta["runtime_secs"] = round(time.monotonic() - t_start, 1)
     if interrupted:
         meta["interrupted"] = interrupted
@@ -1210,6 +1244,8 @@ def main():
     head = [f"Fluidity benchmark {meta['date']}  nproc={meta['nproc']}  {'QUICK ' if args.quick else ''}"
             f"reps={ctx.p['reps']} (median)  runtime={meta['runtime_secs']:.0f} s",
             f"load before: {meta['uptime_before']}", f"load after:  {meta['uptime_after']}",
+            f"CPU time stolen by the hypervisor: {fmt_stolen(meta['stolen_pct'])} of the run"
+            + ("; " + ", ".join(f"{w} {fmt_stolen(v)}" for w, v in bench.stolen.items()) if bench.stolen else ""),
             "cells: median (ratio to direct)"]
     obs = [f"  {n}" for n in sorted(bench.notes)]
     text = "\n".join(head + [""] + lines + ([""] + ["failures:"] + notes if notes else [])
@@ -1222,7 +1258,7 @@ def main():
                    "failures": {f"{s}/{k}": v for (s, k), v in bench.res.fail.items()},
                    "samples": bench.res.samples}, f, indent=1)
     with open(os.path.join(args.out, f"{stamp}.tsv"), "w") as f:
-        f.write(f"# {meta['date']}\tnproc={meta['nproc']}\t{meta['uptime_before']}\t{args.command}\n")
+        f.write(f"# {meta['date']}\tnproc={meta['nproc']}\t{meta['uptime_before']}\tstolen {fmt_stolen(meta['stolen_pct'])}\t{args.command}\n")
         f.write("figure\t" + "\t".join(ctx.systems) + "\n")
         for row in figure_rows(ctx.p, ctx.workloads):
             if row[0] == "section":
