@@ -1258,7 +1258,8 @@ def main():
                    "failures": {f"{s}/{k}": v for (s, k), v in bench.res.fail.items()},
                    "samples": bench.res.samples}, f, indent=1)
     with open(os.path.join(args.out, f"{stamp}.tsv"), "w") as f:
-        f.write(f"# {meta['date']}\tnproc={meta['nproc']}\t{meta['uptime_before']}\tstolen {fmt_stolen(meta['stolen_pct'])}\t{args.command}\n")
+        f.write(f"# {meta['date']}\tnproc={meta['nproc']}\t{meta['uptime_before']}"
+                f"\tstolen {fmt_stolen(meta['stolen_pct'])}\t{args.command}\n")
         f.write("figure\t" + "\t".join(ctx.systems) + "\n")
         for row in figure_rows(ctx.p, ctx.workloads):
             if row[0] == "section":

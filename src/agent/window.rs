@@ -5,7 +5,8 @@
 //! arrived from the server while it was out, scaled to the path's round trip (the shortest ping seen, the first
 //! one on the quiet new tunnel), so that a round trip stretched by queues does not pass for a long path. A stream
 //! that keeps half its window in flight per round trip is window-bound, so the stream window doubles (the tunnel
-//! window stays twice the stream window), up to [`MAX_STREAM_WINDOW_BYTES`]. Windows start at [`STREAM_WINDOW_BYTES`] and never shrink while the tunnel lasts.
+//! window stays twice the stream window), up to [`MAX_STREAM_WINDOW_BYTES`]. Windows start at
+//! [`STREAM_WINDOW_BYTES`] and never shrink while the tunnel lasts.
 //!
 //! Only the agent's windows grow: they bound what the user's own laptop may buffer for a slow reader. The
 //! server's windows (what an agent may make the shared server hold) stay fixed.
@@ -206,8 +207,8 @@ impl Pinger {
     /// Pings the server until a round trip sees more than [`CHATTER_BYTES`] arrive, and returns them scaled to the
     /// path's round trip (see [`bytes_per_path_rtt`]). It pings every `every` while the tunnel is quiet, and, while
     /// `can_grow`, as soon as more than chatter arrives and then once per round trip while it keeps arriving, never
-    /// more than once per [`SAMPLE_GAP`]. Fails when a PING goes unanswered for `every` (a link that went silent) or the connection
-    /// fails. Cancel safe between PINGs only: the caller keeps the future until it completes.
+    /// more than once per [`SAMPLE_GAP`]. Fails when a PING goes unanswered for `every` (a link that went silent)
+    /// or the connection fails. Cancel safe between PINGs only: the caller keeps the future until it completes.
     pub(crate) async fn next_sample(&mut self, can_grow: bool) -> Result<u64, TunnelLost> {
         loop {
             if self.path_rtt.is_none() {
