@@ -108,6 +108,10 @@ def cpu_seconds(pids):
     return total / CLK
 
 
+# A measurement during which the hypervisor took at least this share of the CPU time is listed under the table.
+STOLEN_NOTE_PCT = 20
+
+
 def machine_ticks():
     """(stolen, total) CPU ticks of the whole machine so far, from /proc/stat; None where it cannot be read.
     Stolen ticks are those the hypervisor gave to other guests while this one wanted to run."""
@@ -725,7 +729,9 @@ class Bench:
         """Run fn(instance) -> dict figure->value (or raises); record values or failure for every key."""
         try:
             inst = self.inst(s)
+            m0 = machine_ticks()
             out = fn(inst)
+            stolen = stolen_pct(m0, machine_ticks())
         except subprocess.TimeoutExpired as e:
             for k in figure_keys:
                 self.res.failed(s, k, f"timed out after {e.timeout:.0f} s")
@@ -734,11 +740,14 @@ class Bench:
             for k in figure_keys:
                 self.res.failed(s, k, e)
             return
+        if stolen is not None and stolen >= STOLEN_NOTE_PCT:
+            what = figure_keys[0].rsplit("_", 1)[0]
+            self.notes.add(f"{s} {what} rep {rep + 1}: {stolen:.0f} % of the CPU time stolen while it ran")
         for k, v in out.items():
             if isinstance(v, Exception):
                 self.res.failed(s, k, v)
             else:
-                self.res.add(s, k, v, rep)
+                self.res.add(s, k, v, rep, stolen_pct=stolen)
 
     def systems_for(self, connect_based, workload):
         def takes_part(sysobj):
