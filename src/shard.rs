@@ -38,6 +38,19 @@ pub(crate) fn least_loaded(loads: impl Iterator<Item = usize>) -> Option<usize> 
         .map(|(index, _)| index)
 }
 
+/// `work`, counted in `load` from now until it has run to the end.
+pub(crate) fn counted<F: Future<Output = ()>>(
+    load: &Arc<AtomicUsize>,
+    work: F,
+) -> impl Future<Output = ()> + use<F> {
+    let load = load.clone();
+    load.fetch_add(1, Ordering::Relaxed);
+    async move {
+        work.await;
+        load.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Worker {
     fn submit(&self, work: impl Future<Output = ()> + Send + 'static) {
         // A send fails only once the worker has stopped, which happens after the accept loop has ended.
@@ -99,12 +112,7 @@ impl Shards {
         let Some(worker) = self.workers.get(index) else {
             return;
         };
-        let load = worker.load.clone();
-        load.fetch_add(1, Ordering::Relaxed);
-        worker.submit(async move {
-            work.await;
-            load.fetch_sub(1, Ordering::Relaxed);
-        });
+        worker.submit(counted(&worker.load, work));
     }
 
     /// Hands the accepted connection `tcp` to worker `index` (the least busy with `None`), where `serve` runs with

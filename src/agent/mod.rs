@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::config::AgentConfig;
 use crate::metrics::{AgentMetrics, record_cert_expiry, watch_cert_expiry};
-use crate::shard::{Shards, least_loaded};
+use crate::shard::{Shards, counted, least_loaded};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::MAX_HEADER_BYTES;
@@ -224,16 +224,8 @@ impl Agent {
                 }
                 // The first tunnel's callers run here, on the accepting thread.
                 _ => {
-                    let shared = lanes[0].clone();
-                    let here = here.clone();
-                    here.fetch_add(1, Ordering::Relaxed);
-                    drain.tasks.spawn(
-                        async move {
-                            serve_caller(shared, tcp).await;
-                            here.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        .instrument(span),
-                    );
+                    let caller = serve_caller(lanes[0].clone(), tcp);
+                    drain.tasks.spawn(counted(&here, caller).instrument(span));
                 }
             }
         }
