@@ -23,7 +23,7 @@ use super::window::{Metered, Pinger, Traffic, Windows};
 use crate::metrics::AgentMetrics;
 use crate::tunnel::{
     CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY,
-    RESET_STREAMS_REMEMBERED, STREAM_WINDOW_BYTES, buffer_tls_writes, buffered,
+    RESET_STREAMS_REMEMBERED, STREAM_WINDOW_BYTES, buffer_tls_writes, buffered, cork,
 };
 
 /// First reconnect delay.
@@ -212,7 +212,11 @@ impl Keeper {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         let traffic = Arc::new(Traffic::default());
-        let transport = Metered::new(buffered(tcp), traffic.clone());
+        let (read, outbox) = cork::split(tcp);
+        let transport = cork::Socket::new(
+            Metered::new(buffered(read), traffic.clone()),
+            outbox.clone(),
+        );
         let mut tls =
             tokio::time::timeout(limit, TlsConnector::from(config).connect(name, transport))
                 .await
@@ -232,7 +236,7 @@ impl Keeper {
             .ping_pong()
             .map(|pings| Pinger::new(pings, self.keepalive, traffic));
         let gauge = self.metrics.stream_window_bytes.clone();
-        let mut conn = AbortOnDrop(tokio::spawn(async move {
+        let drive = async move {
             let mut windows = Windows::default();
             gauge.set(i64::from(windows.stream));
             loop {
@@ -258,7 +262,8 @@ impl Keeper {
                     debug!(stream_window = windows.stream, "receive windows grown");
                 }
             }
-        }));
+        };
+        let mut conn = AbortOnDrop(tokio::spawn(cork::corked(drive, outbox)));
         // TLS 1.3 refuses a client certificate after the handshake: only an answered request proves the tunnel.
         let probe = http::Request::get(format!("http://{PROBE_AUTHORITY}/"))
             .body(())

@@ -30,7 +30,7 @@ use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::{
     CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, RESET_STREAMS_REMEMBERED,
-    STREAM_WINDOW_BYTES, buffer_tls_writes, buffered,
+    STREAM_WINDOW_BYTES, buffer_tls_writes, buffered, cork,
 };
 use dial::Dialer;
 use guard::HandshakeGuard;
@@ -264,9 +264,10 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
         Ok(guard) => guard.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
+    let (read, outbox) = cork::split(tcp);
     let handshake = tokio::time::timeout(
         shared.config.tls_handshake_timeout,
-        acceptor.accept(buffered(tcp)),
+        acceptor.accept(cork::Socket::new(buffered(read), outbox.clone())),
     );
     let mut stream = match handshake.await {
         Ok(Ok(stream)) => stream,
@@ -315,7 +316,7 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
     info!(%peer, cn = %agent, "agent connected");
     shared.metrics.agent_connections.inc();
 
-    let result = serve_streams(shared, &agent, stream, &close).await;
+    let result = cork::corked(serve_streams(shared, &agent, stream, &close), outbox).await;
     shared.metrics.agent_connections.dec();
     shared
         .live

@@ -21,6 +21,7 @@
 
 pub(crate) mod authority;
 pub(crate) mod body;
+pub(crate) mod cork;
 pub(crate) mod headers;
 pub(crate) mod splice;
 pub(crate) mod stream;
@@ -73,9 +74,9 @@ pub(crate) const TLS_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// socket writes: four full records, then a record of 9 bytes in a TCP segment of its own. Two frames fit.
 const TLS_WRITE_BUFFER_BYTES: usize = 2 * MAX_FRAME_BYTES as usize;
 
-/// The tunnel's TCP socket with the read buffer TLS runs over.
-pub(crate) fn buffered<S: tokio::io::AsyncRead>(tcp: S) -> tokio::io::BufReader<S> {
-    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER_BYTES, tcp)
+/// The read half of the tunnel's TCP socket with the read buffer TLS runs over.
+pub(crate) fn buffered<S: tokio::io::AsyncRead>(read: S) -> tokio::io::BufReader<S> {
+    tokio::io::BufReader::with_capacity(TLS_READ_BUFFER_BYTES, read)
 }
 
 /// Lets a tunnel's TLS connection hold [`TLS_WRITE_BUFFER_BYTES`] of records for its socket.
