@@ -105,6 +105,10 @@ impl Held {
             && len <= HOLD_WRITE_BYTES
             && self.bytes.len() - self.sent + len <= HOLD_BYTES
         {
+            // Once per tunnel: what is held then fits without the vector growing.
+            if self.bytes.capacity() < HOLD_BYTES {
+                self.bytes.reserve_exact(HOLD_BYTES - self.bytes.len());
+            }
             for buf in bufs {
                 self.bytes.extend_from_slice(buf);
             }
