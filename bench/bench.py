@@ -108,8 +108,10 @@ def cpu_seconds(pids):
     return total / CLK
 
 
-# A measurement during which the hypervisor took at least this share of the CPU time is listed under the table.
+# A measurement during which the hypervisor took at least this share of the CPU time is taken again (at most
+# STOLEN_RETRIES more times, keeping the one with the least stolen), and listed under the table.
 STOLEN_NOTE_PCT = 20
+STOLEN_RETRIES = 2
 
 
 def machine_ticks():
@@ -726,28 +728,46 @@ class Bench:
         return i
 
     def measure(self, s, figure_keys, fn, rep):
-        """Run fn(instance) -> dict figure->value (or raises); record values or failure for every key."""
-        try:
-            inst = self.inst(s)
-            m0 = machine_ticks()
-            out = fn(inst)
-            stolen = stolen_pct(m0, machine_ticks())
-        except subprocess.TimeoutExpired as e:
-            for k in figure_keys:
-                self.res.failed(s, k, f"timed out after {e.timeout:.0f} s")
-            return
-        except Exception as e:  # noqa: BLE001 - one failed measurement must not stop the run
-            for k in figure_keys:
-                self.res.failed(s, k, e)
-            return
-        if stolen is not None and stolen >= STOLEN_NOTE_PCT:
-            what = figure_keys[0].rsplit("_", 1)[0]
+        """Run fn(instance) -> dict figure->value (or raises); record values or failure for every key.
+
+        A run with STOLEN_NOTE_PCT or more of the CPU time stolen measured the host as much as the proxy: it is taken
+        again, at most STOLEN_RETRIES more times, and the run with the least stolen is kept."""
+        what = figure_keys[0].rsplit("_", 1)[0]
+        kept = None  # (out, stolen) of the run kept so far
+        seen = []  # stolen share of each run
+        for attempt in range(1 + STOLEN_RETRIES):
+            try:
+                inst = self.inst(s)
+                m0 = machine_ticks()
+                out = fn(inst)
+                stolen = stolen_pct(m0, machine_ticks())
+            except Exception as e:  # noqa: BLE001 - one failed measurement must not stop the run
+                reason = f"timed out after {e.timeout:.0f} s" if isinstance(e, subprocess.TimeoutExpired) else e
+                if kept is not None:
+                    self.notes.add(f"{s} {what} rep {rep + 1}: measuring again failed ({str(reason)[:100]})")
+                    break
+                for k in figure_keys:
+                    self.res.failed(s, k, reason)
+                return
+            seen.append(stolen)
+            if kept is None or (stolen is not None and (kept[1] is None or stolen < kept[1])):
+                kept = (out, stolen)
+            if stolen is None or stolen < STOLEN_NOTE_PCT:
+                break
+            if attempt < STOLEN_RETRIES:
+                log(f"{s} {what} rep {rep + 1}: {stolen:.0f} % of the CPU time stolen; measuring again")
+        out, stolen = kept
+        if len(seen) > 1:
+            runs = ", ".join("?" if x is None else f"{x:.0f}" for x in seen)
+            self.notes.add(f"{s} {what} rep {rep + 1}: measured {len(seen)} times ({runs} % of the CPU time stolen); "
+                           f"kept the run with {stolen:.0f} %")
+        elif stolen is not None and stolen >= STOLEN_NOTE_PCT:
             self.notes.add(f"{s} {what} rep {rep + 1}: {stolen:.0f} % of the CPU time stolen while it ran")
         for k, v in out.items():
             if isinstance(v, Exception):
                 self.res.failed(s, k, v)
             else:
-                self.res.add(s, k, v, rep, stolen_pct=stolen)
+                self.res.add(s, k, v, rep, stolen_pct=stolen, runs=len(seen))
 
     def systems_for(self, connect_based, workload):
         def takes_part(sysobj):
