@@ -128,6 +128,27 @@ def machine_ticks():
     return ticks[7], sum(ticks)
 
 
+def machine_busy():
+    """(busy, idle, total) CPU ticks of the whole machine so far, from /proc/stat; None where it cannot be read.
+    Busy is user, nice, system, irq and softirq time; idle includes iowait; stolen time is in neither."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    except (OSError, ValueError):
+        return None
+    busy = user + nice + system + irq + softirq
+    return busy, idle + iowait, busy + idle + iowait + steal
+
+
+def machine_use(before, after, n):
+    """The machine's idle percent and busy CPU-us per request between two machine_busy() readings."""
+    if before is None or after is None or after[2] <= before[2] or n <= 0:
+        return None, None
+    idle = round(100.0 * (after[1] - before[1]) / (after[2] - before[2]), 1)
+    return idle, (after[0] - before[0]) / CLK * 1e6 / n
+
+
 def fmt_stolen(pct):
     return "unknown" if pct is None else f"{pct:.1f} %"
 
@@ -611,7 +632,9 @@ def _figure_rows(p):
             rows += [(f"small_{kind}_c{c}_rps", f"c{c} req/s", "%.0f", "up"),
                      (f"small_{kind}_c{c}_p50", f"c{c} p50 ms", "%.3f", "down"),
                      (f"small_{kind}_c{c}_p99", f"c{c} p99 ms", "%.3f", "down"),
-                     (f"small_{kind}_c{c}_cpu", f"c{c} proxy CPU-us/req", "%.1f", "down")]
+                     (f"small_{kind}_c{c}_cpu", f"c{c} proxy CPU-us/req", "%.1f", "down"),
+                     (f"small_{kind}_c{c}_mcpu", f"c{c} machine CPU-us/req", "%.1f", "down"),
+                     (f"small_{kind}_c{c}_idle", f"c{c} machine idle %", "%.1f", "")]
     rows.append(("section", "setup", f"setup: {p['setup_n']} sequential fresh connections, CONNECT + GET 1 KiB"))
     rows += [("setup_p50", "p50 ms", "%.3f", "down"), ("setup_p99", "p99 ms", "%.3f", "down")]
     rows.append(("section", "ws", f"WebSocket echo, {p['ws_n']} x 64 B round trips"))
@@ -658,8 +681,9 @@ def render_table(ctx, res):
         if row[0] == "section":
             table.append(("section", row[1]))
             continue
-        key, label, fmt, _ = row
-        d = res.median("direct", key)
+        key, label, fmt, direction = row
+        # A figure that is neither better higher nor lower (idle share, descriptor counts) has no ratio.
+        d = res.median("direct", key) if direction else None
         cells = [label]
         for s in systems:
             if (s, key) in res.fail and res.count(s, key) == 0:
@@ -828,9 +852,9 @@ class Bench:
             argv += [f"http://{HOST}:{o.http}/1k"]
         else:
             argv += [f"http://{HOST}:{inst.port}/", "--", f"http://{HOST}:{o.http}/1k"]
-        c0 = cpu_seconds(inst.proxy_pids)
+        c0, m0 = cpu_seconds(inst.proxy_pids), machine_busy()
         r = run(argv, timeout=secs + 30)
-        c1 = cpu_seconds(inst.proxy_pids)
+        c1, m1 = cpu_seconds(inst.proxy_pids), machine_busy()
         line = [x for x in r.stdout.splitlines() if x.startswith("WRKJSON ")]
         if not line:
             raise RuntimeError(f"wrk: exit {r.returncode} {(r.stderr or r.stdout).strip()[:200]}")
@@ -849,6 +873,7 @@ class Bench:
         out = {"rps": n / (j["duration_us"] / 1e6), "p50": j["p50_us"] / 1000, "p99": j["p99_us"] / 1000,
                "errors": errs, "requests": n, "closed": j["read_errors"]}
         out["cpu"] = (c1 - c0) * 1e6 / n if inst.proxy_pids else None
+        out["idle"], out["mcpu"] = machine_use(m0, m1, n)
         return out
 
     def small_tls_once(self, inst, c):
@@ -859,9 +884,9 @@ class Bench:
         if inst.port is not None:
             argv += ["-x", f"http://{HOST}:{inst.port}"]
         argv.append(f"https://{HOST}:{o.https}/1k")
-        c0 = cpu_seconds(inst.proxy_pids)
+        c0, m0 = cpu_seconds(inst.proxy_pids), machine_busy()
         r = run(argv, timeout=secs + 30)
-        c1 = cpu_seconds(inst.proxy_pids)
+        c1, m1 = cpu_seconds(inst.proxy_pids), machine_busy()
         try:
             j = json.loads(r.stdout)
         except ValueError:
@@ -877,6 +902,7 @@ class Bench:
         out = {"rps": n_ok / secs, "p50": lat["p50"] * 1000, "p99": lat["p99"] * 1000, "errors": n_err,
                "requests": n_ok}
         out["cpu"] = (c1 - c0) * 1e6 / n_ok if inst.proxy_pids else None
+        out["idle"], out["mcpu"] = machine_use(m0, m1, n_ok)
         return out
 
     def w_small(self):
@@ -895,11 +921,12 @@ class Bench:
                         def fn(inst, c=c, fn_once=fn_once, pre=pre):
                             o = fn_once(inst, c)
                             out = {pre + k: o[k] for k in ("rps", "p50", "p99")}
-                            if o["cpu"] is not None:
-                                out[pre + "cpu"] = o["cpu"]
+                            for k in ("cpu", "mcpu", "idle"):
+                                if o[k] is not None:
+                                    out[pre + k] = o[k]
                             return out
 
-                        self.measure(s, [pre + k for k in ("rps", "p50", "p99", "cpu")], fn, rep)
+                        self.measure(s, [pre + k for k in ("rps", "p50", "p99", "cpu", "mcpu", "idle")], fn, rep)
 
     # -- 3. setup
     def w_setup(self):
