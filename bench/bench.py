@@ -114,31 +114,32 @@ STOLEN_NOTE_PCT = 20
 STOLEN_RETRIES = 2
 
 
-def machine_ticks():
-    """(stolen, total) CPU ticks of the whole machine so far, from /proc/stat; None where it cannot be read.
-    Stolen ticks are those the hypervisor gave to other guests while this one wanted to run."""
+def proc_stat_ticks():
+    """The whole machine's CPU ticks so far, from the first line of /proc/stat: user nice system idle iowait irq
+    softirq steal (guest time is in user); None where it cannot be read."""
     try:
         with open("/proc/stat") as f:
-            fields = f.readline().split()
-        ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+            ticks = [int(x) for x in f.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-    if len(ticks) < 8:
-        return None
-    return ticks[7], sum(ticks)
+    return ticks if len(ticks) == 8 else None
+
+
+def machine_ticks():
+    """(stolen, total) CPU ticks of the whole machine so far; None where they cannot be read.
+    Stolen ticks are those the hypervisor gave to other guests while this one wanted to run."""
+    ticks = proc_stat_ticks()
+    return None if ticks is None else (ticks[7], sum(ticks))
 
 
 def machine_busy():
-    """(busy, idle, total) CPU ticks of the whole machine so far, from /proc/stat; None where it cannot be read.
+    """(busy, idle, total) CPU ticks of the whole machine so far; None where they cannot be read.
     Busy is user, nice, system, irq and softirq time; idle includes iowait; stolen time is in neither."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
-    except (OSError, ValueError):
+    ticks = proc_stat_ticks()
+    if ticks is None:
         return None
-    busy = user + nice + system + irq + softirq
-    return busy, idle + iowait, busy + idle + iowait + steal
+    user, nice, system, idle, iowait, irq, softirq, _steal = ticks
+    return user + nice + system + irq + softirq, idle + iowait, sum(ticks)
 
 
 def machine_use(before, after, n):
