@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::config::{
     AgentLayer, DEFAULT_CERT_DAYS, DEFAULT_CLIENT_CN, DEFAULT_LOCAL_PROXY_PORT, ServerLayer,
@@ -41,6 +41,23 @@ pub enum Command {
     Agent(AgentArgs),
     /// Run server and agent together on this machine, with generated certificates
     Up(UpArgs),
+}
+
+impl Cli {
+    /// The command line as `--help` shows it: the derived definition, with each configuration flag's default and
+    /// `FLUIDITY_*` variable added to its help from the one declaration of the key (see `config`).
+    pub fn command_with_notes() -> clap::Command {
+        Self::command()
+            .mut_subcommand("server", crate::config::annotate_help::<ServerLayer>)
+            .mut_subcommand("agent", crate::config::annotate_help::<AgentLayer>)
+    }
+
+    /// Parses the process's arguments; on a usage error (or `--help`, `--version`) prints and exits as clap does
+    /// (exit 2 for errors).
+    pub fn parse_args() -> Self {
+        let matches = Self::command_with_notes().get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
+    }
 }
 
 /// `fluidity certs ...`
@@ -144,6 +161,21 @@ mod tests {
     #[test]
     fn command_definition_is_consistent() {
         Cli::command().debug_assert();
+        Cli::command_with_notes().debug_assert();
+    }
+
+    #[test]
+    fn agent_help_shows_defaults_and_variables() {
+        let mut command = Cli::command_with_notes();
+        let agent = command
+            .find_subcommand_mut("agent")
+            .expect("the agent command");
+        let help = agent.render_help().to_string();
+        assert!(
+            help.contains("[default: 8443] [env: FLUIDITY_SERVER_PORT]"),
+            "{help}"
+        );
+        assert!(help.contains("[env: FLUIDITY_SERVER_IP]"), "{help}");
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! an exit code (0 success or signal, 1 runtime failure, 2 usage or configuration error).
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -19,7 +18,7 @@ use fluidity::{Agent, Server, certs};
 const QUIET_DEPENDENCIES: [&str; 4] = ["h2", "hyper", "hyper_util", "rustls"];
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let env: HashMap<String, String> = std::env::vars().collect();
     match cli.command {
         Command::Certs { command } => run_certs(command),

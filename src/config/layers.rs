@@ -2,15 +2,18 @@
 //!
 //! One struct per role, every field an `Option`, parsed unchanged from the YAML file (serde), from `FLUIDITY_*`
 //! variables (see `sources`) and from command-line flags (clap): the kebab-case flag is the snake_case YAML key.
-//! Also here: each layer's key list, its defaults layer and the field-by-field "first set wins" combinator that the
-//! merge is built from. Nothing here validates values beyond their types; that is `resolve`.
+//! Each layer is declared once, by [`layer!`]: a key's doc comment, attributes, type and default. Its key list, its
+//! defaults layer, the key-by-key "first set wins" merge, the path resolution and the `[default: …]` and
+//! `[env: …]` notes of `--help` are derived from that declaration. Nothing here validates values beyond their
+//! types; that is `resolve`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{Args, Command};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use yaml_serde::{Mapping, Value};
 
 use super::{
     DEFAULT_AGENT_CERT_FILE, DEFAULT_AGENT_KEEPALIVE_SECS, DEFAULT_AGENT_KEY_FILE,
@@ -23,14 +26,16 @@ use super::{
     DEFAULT_TUNNELS, LogFormat, ProxyAuth,
 };
 
-/// What the generic loading code (YAML, env, merge, origins) needs to know about a layer.
-pub(crate) trait Layer: Default + Serialize + DeserializeOwned {
-    /// Every key of the layer, in declaration order. A unit test keeps it in step with the struct.
+/// What the generic loading code (YAML, env, merge, where a value came from) needs to know about a layer. Written
+/// by [`layer!`]; the key list, the defaults, the merge and the path resolution all come from the one field list.
+pub(crate) trait Layer: Default + Serialize + DeserializeOwned + Args {
+    /// Every key of the layer, in declaration order.
     const KEYS: &'static [&'static str];
-    /// The keys whose values are lists (split on ',' in the environment).
-    const LIST_KEYS: &'static [&'static str];
     /// The conventional file name, for messages when no file was given.
     const FILE_NAME: &'static str;
+
+    /// The built-in defaults as a layer (a key without a default stays unset).
+    fn defaults() -> Self;
 
     /// Field by field, the value of `self` where set, else the value of `lower`.
     fn or(self, lower: Self) -> Self;
@@ -39,423 +44,264 @@ pub(crate) trait Layer: Default + Serialize + DeserializeOwned {
     fn resolve_paths(&mut self, base: &Path);
 }
 
-/// `base/path` when `path` is relative; unchanged otherwise.
-fn resolve_path(path: &mut Option<PathBuf>, base: &Path) {
-    if let Some(p) = path.as_mut()
-        && p.is_relative()
-    {
-        *p = base.join(&*p);
-    }
+/// A value a key can hold. Only file paths change when a layer's relative paths are resolved.
+pub(crate) trait KeyValue {
+    /// Makes a relative path `base/path`; every other value stays as it is.
+    fn resolve_against(&mut self, _base: &Path) {}
 }
 
-/// Agent settings: one partial layer (YAML file, `FLUIDITY_*` environment or flags).
-#[derive(Debug, Default, Clone, PartialEq, Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentLayer {
-    /// Server IP address or host name (required) [env: FLUIDITY_SERVER_IP]
-    #[arg(long, value_name = "HOST")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_ip: Option<String>,
-    /// Server port [default: 8443] [env: FLUIDITY_SERVER_PORT]
-    #[arg(long, value_name = "PORT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_port: Option<u16>,
-    /// Port of the local proxy [default: 8080] [env: FLUIDITY_LOCAL_PROXY_PORT]
-    #[arg(long, value_name = "PORT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub local_proxy_port: Option<u16>,
-    /// Address the local proxy listens on; a non-loopback address needs proxy_auth or allow_open_proxy
-    /// [default: 127.0.0.1] [env: FLUIDITY_LISTEN_ADDR]
-    #[arg(long, value_name = "IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen_addr: Option<IpAddr>,
-    /// Client certificate (PEM) [default: certs/client.crt] [env: FLUIDITY_CERT_FILE]
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// Client private key (PEM) [default: certs/client.key] [env: FLUIDITY_KEY_FILE]
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// CA certificate the server must be signed by (PEM) [default: certs/ca.crt] [env: FLUIDITY_CA_CERT_FILE]
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_cert_file: Option<PathBuf>,
-    /// Log level (trace, debug, info, warn, error, off) or a tracing filter directive [default: info]
-    /// [env: FLUIDITY_LOG_LEVEL]
-    #[arg(long, value_name = "LEVEL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_level: Option<String>,
-    /// Log format [default: text] [env: FLUIDITY_LOG_FORMAT]
-    #[arg(long, value_name = "FORMAT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormat>,
-    /// Answer CONNECT at once instead of after the server reached the target (saves a round trip; a failed target
-    /// then closes the connection instead of answering 502) [default: false] [env: FLUIDITY_FAST_CONNECT]
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fast_connect: Option<bool>,
-    /// Require callers to send Basic Proxy-Authorization with these credentials, as "user:password"
-    /// [env: FLUIDITY_PROXY_AUTH]
-    #[arg(long, value_name = "USER:PASSWORD")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub proxy_auth: Option<ProxyAuth>,
-    /// Allow a non-loopback listen_addr without proxy_auth (anyone who reaches the port can use the tunnel)
-    /// [default: false] [env: FLUIDITY_ALLOW_OPEN_PROXY]
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allow_open_proxy: Option<bool>,
-    /// Seconds allowed for reaching the server [default: 10] [env: FLUIDITY_CONNECT_TIMEOUT_SECS]
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_timeout_secs: Option<u64>,
-    /// Close a stream after this many seconds with no bytes moving; 0 = never [default: 600]
-    /// [env: FLUIDITY_IDLE_TIMEOUT_SECS]
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_secs: Option<u64>,
-    /// Ping the server after this many quiet seconds and drop the tunnel if the answer takes as long (a dead link
-    /// is noticed within twice this) [default: 5] [env: FLUIDITY_KEEPALIVE_SECS]
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keepalive_secs: Option<u64>,
-    /// Seconds a caller has to send its whole request head, 1 to 300 [default: 30]
-    /// [env: FLUIDITY_HEADER_READ_TIMEOUT_SECS]
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub header_read_timeout_secs: Option<u64>,
-    /// Tunnel connections to the server, 1 to 16, each with a thread of its own for it and the callers it
-    /// carries: more use more cores under many parallel requests [default: 1] [env: FLUIDITY_TUNNELS]
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tunnels: Option<usize>,
-}
-
-impl AgentLayer {
-    /// The built-in defaults as a layer. `server_ip` and `proxy_auth` have none.
-    pub(crate) fn defaults() -> Self {
-        Self {
-            server_ip: None,
-            server_port: Some(DEFAULT_SERVER_PORT),
-            local_proxy_port: Some(DEFAULT_LOCAL_PROXY_PORT),
-            listen_addr: Some(DEFAULT_AGENT_LISTEN_ADDR),
-            cert_file: Some(PathBuf::from(DEFAULT_AGENT_CERT_FILE)),
-            key_file: Some(PathBuf::from(DEFAULT_AGENT_KEY_FILE)),
-            ca_cert_file: Some(PathBuf::from(DEFAULT_CA_CERT_FILE)),
-            log_level: Some(DEFAULT_LOG_LEVEL.to_owned()),
-            log_format: Some(DEFAULT_LOG_FORMAT),
-            fast_connect: Some(false),
-            proxy_auth: None,
-            allow_open_proxy: Some(false),
-            connect_timeout_secs: Some(DEFAULT_CONNECT_TIMEOUT_SECS),
-            idle_timeout_secs: Some(DEFAULT_IDLE_TIMEOUT_SECS),
-            keepalive_secs: Some(DEFAULT_AGENT_KEEPALIVE_SECS),
-            header_read_timeout_secs: Some(DEFAULT_HEADER_READ_TIMEOUT_SECS),
-            tunnels: Some(DEFAULT_TUNNELS),
+impl KeyValue for PathBuf {
+    fn resolve_against(&mut self, base: &Path) {
+        if self.is_relative() {
+            *self = base.join(&*self);
         }
     }
 }
 
-impl Layer for AgentLayer {
-    const KEYS: &'static [&'static str] = &[
-        "server_ip",
-        "server_port",
-        "local_proxy_port",
-        "listen_addr",
-        "cert_file",
-        "key_file",
-        "ca_cert_file",
-        "log_level",
-        "log_format",
-        "fast_connect",
-        "proxy_auth",
-        "allow_open_proxy",
-        "connect_timeout_secs",
-        "idle_timeout_secs",
-        "keepalive_secs",
-        "header_read_timeout_secs",
-        "tunnels",
-    ];
-    const LIST_KEYS: &'static [&'static str] = &[];
-    const FILE_NAME: &'static str = "agent.yaml";
+impl KeyValue for String {}
+impl KeyValue for bool {}
+impl KeyValue for u16 {}
+impl KeyValue for u32 {}
+impl KeyValue for u64 {}
+impl KeyValue for usize {}
+impl KeyValue for IpAddr {}
+impl KeyValue for SocketAddr {}
+impl KeyValue for LogFormat {}
+impl KeyValue for ProxyAuth {}
+impl KeyValue for Vec<String> {}
 
-    fn or(self, lower: Self) -> Self {
-        // Destructured so that a new field fails to compile here until it is merged too.
-        let Self {
-            server_ip,
-            server_port,
-            local_proxy_port,
-            listen_addr,
-            cert_file,
-            key_file,
-            ca_cert_file,
-            log_level,
-            log_format,
-            fast_connect,
-            proxy_auth,
-            allow_open_proxy,
-            connect_timeout_secs,
-            idle_timeout_secs,
-            keepalive_secs,
-            header_read_timeout_secs,
-            tunnels,
-        } = self;
-        Self {
-            server_ip: server_ip.or(lower.server_ip),
-            server_port: server_port.or(lower.server_port),
-            local_proxy_port: local_proxy_port.or(lower.local_proxy_port),
-            listen_addr: listen_addr.or(lower.listen_addr),
-            cert_file: cert_file.or(lower.cert_file),
-            key_file: key_file.or(lower.key_file),
-            ca_cert_file: ca_cert_file.or(lower.ca_cert_file),
-            log_level: log_level.or(lower.log_level),
-            log_format: log_format.or(lower.log_format),
-            fast_connect: fast_connect.or(lower.fast_connect),
-            proxy_auth: proxy_auth.or(lower.proxy_auth),
-            allow_open_proxy: allow_open_proxy.or(lower.allow_open_proxy),
-            connect_timeout_secs: connect_timeout_secs.or(lower.connect_timeout_secs),
-            idle_timeout_secs: idle_timeout_secs.or(lower.idle_timeout_secs),
-            keepalive_secs: keepalive_secs.or(lower.keepalive_secs),
-            header_read_timeout_secs: header_read_timeout_secs.or(lower.header_read_timeout_secs),
-            tunnels: tunnels.or(lower.tunnels),
+/// Declares a layer from one list of keys: each key's doc comment (its `--help` text), its clap and serde
+/// attributes, its type and its default (`None` for a key without one). Adding a key is one entry here; the flag,
+/// the `FLUIDITY_*` variable, the YAML key, the merge and the help's `[default: …]` and `[env: …]` follow from it.
+macro_rules! layer {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident in $file:literal {
+            $(
+                $(#[$key_meta:meta])*
+                $key:ident: $ty:ty = $default:expr,
+            )*
         }
-    }
-
-    fn resolve_paths(&mut self, base: &Path) {
-        resolve_path(&mut self.cert_file, base);
-        resolve_path(&mut self.key_file, base);
-        resolve_path(&mut self.ca_cert_file, base);
-    }
-}
-
-/// Server settings: one partial layer (YAML file, `FLUIDITY_*` environment or flags).
-#[derive(Debug, Default, Clone, PartialEq, Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerLayer {
-    /// Address the tunnel port listens on [default: 0.0.0.0] [env: FLUIDITY_LISTEN_ADDR]
-    #[arg(long, value_name = "IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen_addr: Option<IpAddr>,
-    /// Tunnel port [default: 8443] [env: FLUIDITY_LISTEN_PORT]
-    #[arg(long, value_name = "PORT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen_port: Option<u16>,
-    /// Server certificate (PEM) [default: certs/server.crt] [env: FLUIDITY_CERT_FILE]
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cert_file: Option<PathBuf>,
-    /// Server private key (PEM) [default: certs/server.key] [env: FLUIDITY_KEY_FILE]
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_file: Option<PathBuf>,
-    /// CA certificate that agents' client certificates must be signed by (PEM) [default: certs/ca.crt]
-    /// [env: FLUIDITY_CA_CERT_FILE]
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_cert_file: Option<PathBuf>,
-    /// Log level (trace, debug, info, warn, error, off) or a tracing filter directive [default: info]
-    /// [env: FLUIDITY_LOG_LEVEL]
-    #[arg(long, value_name = "LEVEL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_level: Option<String>,
-    /// Log format [default: text] [env: FLUIDITY_LOG_FORMAT]
-    #[arg(long, value_name = "FORMAT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_format: Option<LogFormat>,
-    /// Maximum concurrent agent connections [default: 1000] [env: FLUIDITY_MAX_CONNECTIONS]
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
-    /// Address of the health and metrics endpoint [default: 127.0.0.1:8081] [env: FLUIDITY_HEALTH_ADDR]
-    #[arg(long, value_name = "IP:PORT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health_addr: Option<SocketAddr>,
-    /// Allow targets on loopback, private, link-local, unique-local, unspecified or multicast addresses
-    /// [default: false] [env: FLUIDITY_ALLOW_PRIVATE_TARGETS]
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allow_private_targets: Option<bool>,
-    /// PEM certificate revocation list; revoked client certificates are refused [env: FLUIDITY_CRL_FILE]
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub crl_file: Option<PathBuf>,
-    /// Maximum concurrent streams per agent connection [default: 1000] [env: FLUIDITY_MAX_STREAMS_PER_AGENT]
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_streams_per_agent: Option<u32>,
-    /// New streams per second per client certificate; 0 = unlimited [default: 0]
-    /// [env: FLUIDITY_RATE_LIMIT_PER_AGENT]
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit_per_agent: Option<u32>,
-    /// New streams allowed at once before rate_limit_per_agent applies [default: rate_limit_per_agent, at least 1]
-    /// [env: FLUIDITY_RATE_LIMIT_BURST]
-    #[arg(long, value_name = "N")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit_burst: Option<u32>,
-    /// Targets to refuse: CIDRs, host names (`*.` wildcards) and `:port` rules; repeat or separate with commas
-    /// [env: FLUIDITY_DENY_TARGETS, comma-separated]
-    #[arg(long, value_name = "RULE", value_delimiter = ',')]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub deny_targets: Option<Vec<String>>,
-    /// If set, only these targets are allowed (same rule syntax as deny_targets)
-    /// [env: FLUIDITY_ALLOW_TARGETS, comma-separated]
-    #[arg(long, value_name = "RULE", value_delimiter = ',')]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allow_targets: Option<Vec<String>>,
-    /// Seconds allowed for dialing a target [default: 10] [env: FLUIDITY_CONNECT_TIMEOUT_SECS]
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_timeout_secs: Option<u64>,
-    /// Close a stream after this many seconds with no bytes moving; 0 = never [default: 600]
-    /// [env: FLUIDITY_IDLE_TIMEOUT_SECS]
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_secs: Option<u64>,
-    /// Ping an agent every this many seconds and drop its tunnel if the answer takes as long [default: 20]
-    /// [env: FLUIDITY_KEEPALIVE_SECS]
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub keepalive_secs: Option<u64>,
-    /// Seconds an agent has to complete the TLS handshake [default: 10]
-    /// [env: FLUIDITY_TLS_HANDSHAKE_TIMEOUT_SECS]
-    #[arg(long, value_name = "SECS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_handshake_timeout_secs: Option<u64>,
-}
-
-impl ServerLayer {
-    /// The built-in defaults as a layer. `crl_file` has none, and `rate_limit_burst` follows
-    /// `rate_limit_per_agent` (see `resolve`).
-    pub(crate) fn defaults() -> Self {
-        Self {
-            listen_addr: Some(DEFAULT_SERVER_LISTEN_ADDR),
-            listen_port: Some(DEFAULT_LISTEN_PORT),
-            cert_file: Some(PathBuf::from(DEFAULT_SERVER_CERT_FILE)),
-            key_file: Some(PathBuf::from(DEFAULT_SERVER_KEY_FILE)),
-            ca_cert_file: Some(PathBuf::from(DEFAULT_CA_CERT_FILE)),
-            log_level: Some(DEFAULT_LOG_LEVEL.to_owned()),
-            log_format: Some(DEFAULT_LOG_FORMAT),
-            max_connections: Some(DEFAULT_MAX_CONNECTIONS),
-            health_addr: Some(DEFAULT_HEALTH_ADDR),
-            allow_private_targets: Some(false),
-            crl_file: None,
-            max_streams_per_agent: Some(DEFAULT_MAX_STREAMS_PER_AGENT),
-            rate_limit_per_agent: Some(DEFAULT_RATE_LIMIT_PER_AGENT),
-            rate_limit_burst: None,
-            deny_targets: Some(Vec::new()),
-            allow_targets: Some(Vec::new()),
-            connect_timeout_secs: Some(DEFAULT_CONNECT_TIMEOUT_SECS),
-            idle_timeout_secs: Some(DEFAULT_IDLE_TIMEOUT_SECS),
-            keepalive_secs: Some(DEFAULT_SERVER_KEEPALIVE_SECS),
-            tls_handshake_timeout_secs: Some(DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Clone, PartialEq, Args, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $(
+                $(#[$key_meta])*
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $key: Option<$ty>,
+            )*
         }
-    }
-}
 
-impl Layer for ServerLayer {
-    const KEYS: &'static [&'static str] = &[
-        "listen_addr",
-        "listen_port",
-        "cert_file",
-        "key_file",
-        "ca_cert_file",
-        "log_level",
-        "log_format",
-        "max_connections",
-        "health_addr",
-        "allow_private_targets",
-        "crl_file",
-        "max_streams_per_agent",
-        "rate_limit_per_agent",
-        "rate_limit_burst",
-        "deny_targets",
-        "allow_targets",
-        "connect_timeout_secs",
-        "idle_timeout_secs",
-        "keepalive_secs",
-        "tls_handshake_timeout_secs",
-    ];
-    const LIST_KEYS: &'static [&'static str] = &["deny_targets", "allow_targets"];
-    const FILE_NAME: &'static str = "server.yaml";
+        impl Layer for $name {
+            const KEYS: &'static [&'static str] = &[$(stringify!($key)),*];
+            const FILE_NAME: &'static str = $file;
 
-    fn or(self, lower: Self) -> Self {
-        // Destructured so that a new field fails to compile here until it is merged too.
-        let Self {
-            listen_addr,
-            listen_port,
-            cert_file,
-            key_file,
-            ca_cert_file,
-            log_level,
-            log_format,
-            max_connections,
-            health_addr,
-            allow_private_targets,
-            crl_file,
-            max_streams_per_agent,
-            rate_limit_per_agent,
-            rate_limit_burst,
-            deny_targets,
-            allow_targets,
-            connect_timeout_secs,
-            idle_timeout_secs,
-            keepalive_secs,
-            tls_handshake_timeout_secs,
-        } = self;
-        Self {
-            listen_addr: listen_addr.or(lower.listen_addr),
-            listen_port: listen_port.or(lower.listen_port),
-            cert_file: cert_file.or(lower.cert_file),
-            key_file: key_file.or(lower.key_file),
-            ca_cert_file: ca_cert_file.or(lower.ca_cert_file),
-            log_level: log_level.or(lower.log_level),
-            log_format: log_format.or(lower.log_format),
-            max_connections: max_connections.or(lower.max_connections),
-            health_addr: health_addr.or(lower.health_addr),
-            allow_private_targets: allow_private_targets.or(lower.allow_private_targets),
-            crl_file: crl_file.or(lower.crl_file),
-            max_streams_per_agent: max_streams_per_agent.or(lower.max_streams_per_agent),
-            rate_limit_per_agent: rate_limit_per_agent.or(lower.rate_limit_per_agent),
-            rate_limit_burst: rate_limit_burst.or(lower.rate_limit_burst),
-            deny_targets: deny_targets.or(lower.deny_targets),
-            allow_targets: allow_targets.or(lower.allow_targets),
-            connect_timeout_secs: connect_timeout_secs.or(lower.connect_timeout_secs),
-            idle_timeout_secs: idle_timeout_secs.or(lower.idle_timeout_secs),
-            keepalive_secs: keepalive_secs.or(lower.keepalive_secs),
-            tls_handshake_timeout_secs: tls_handshake_timeout_secs
-                .or(lower.tls_handshake_timeout_secs),
+            fn defaults() -> Self {
+                Self { $($key: $default,)* }
+            }
+
+            fn or(self, lower: Self) -> Self {
+                Self { $($key: self.$key.or(lower.$key),)* }
+            }
+
+            fn resolve_paths(&mut self, base: &Path) {
+                $(
+                    if let Some(value) = self.$key.as_mut() {
+                        KeyValue::resolve_against(value, base);
+                    }
+                )*
+            }
         }
-    }
+    };
+}
 
-    fn resolve_paths(&mut self, base: &Path) {
-        resolve_path(&mut self.cert_file, base);
-        resolve_path(&mut self.key_file, base);
-        resolve_path(&mut self.ca_cert_file, base);
-        resolve_path(&mut self.crl_file, base);
+layer! {
+    /// Agent settings: one partial layer (YAML file, `FLUIDITY_*` environment or flags).
+    pub struct AgentLayer in "agent.yaml" {
+        /// Server IP address or host name (required)
+        #[arg(long, value_name = "HOST")]
+        server_ip: String = None,
+        /// Server port
+        #[arg(long, value_name = "PORT")]
+        server_port: u16 = Some(DEFAULT_SERVER_PORT),
+        /// Port of the local proxy
+        #[arg(long, value_name = "PORT")]
+        local_proxy_port: u16 = Some(DEFAULT_LOCAL_PROXY_PORT),
+        /// Address the local proxy listens on; a non-loopback address needs proxy_auth or allow_open_proxy
+        #[arg(long, value_name = "IP")]
+        listen_addr: IpAddr = Some(DEFAULT_AGENT_LISTEN_ADDR),
+        /// Client certificate (PEM)
+        #[arg(long, value_name = "FILE")]
+        cert_file: PathBuf = Some(PathBuf::from(DEFAULT_AGENT_CERT_FILE)),
+        /// Client private key (PEM)
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf = Some(PathBuf::from(DEFAULT_AGENT_KEY_FILE)),
+        /// CA certificate the server must be signed by (PEM)
+        #[arg(long, value_name = "FILE")]
+        ca_cert_file: PathBuf = Some(PathBuf::from(DEFAULT_CA_CERT_FILE)),
+        /// Log level (trace, debug, info, warn, error, off) or a tracing filter directive
+        #[arg(long, value_name = "LEVEL")]
+        log_level: String = Some(DEFAULT_LOG_LEVEL.to_owned()),
+        /// Log format
+        #[arg(long, value_name = "FORMAT")]
+        log_format: LogFormat = Some(DEFAULT_LOG_FORMAT),
+        /// Answer CONNECT at once instead of after the server reached the target (saves a round trip; a failed target
+        /// then closes the connection instead of answering 502)
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        fast_connect: bool = Some(false),
+        /// Require callers to send Basic Proxy-Authorization with these credentials, as "user:password"
+        #[arg(long, value_name = "USER:PASSWORD")]
+        proxy_auth: ProxyAuth = None,
+        /// Allow a non-loopback listen_addr without proxy_auth (anyone who reaches the port can use the tunnel)
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        allow_open_proxy: bool = Some(false),
+        /// Seconds allowed for reaching the server
+        #[arg(long, value_name = "SECS")]
+        connect_timeout_secs: u64 = Some(DEFAULT_CONNECT_TIMEOUT_SECS),
+        /// Close a stream after this many seconds with no bytes moving; 0 = never
+        #[arg(long, value_name = "SECS")]
+        idle_timeout_secs: u64 = Some(DEFAULT_IDLE_TIMEOUT_SECS),
+        /// Ping the server after this many quiet seconds and drop the tunnel if the answer takes as long (a dead link
+        /// is noticed within twice this)
+        #[arg(long, value_name = "SECS")]
+        keepalive_secs: u64 = Some(DEFAULT_AGENT_KEEPALIVE_SECS),
+        /// Seconds a caller has to send its whole request head, 1 to 300
+        #[arg(long, value_name = "SECS")]
+        header_read_timeout_secs: u64 = Some(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+        /// Tunnel connections to the server, 1 to 16, each with a thread of its own for it and the callers it
+        /// carries: more use more cores under many parallel requests
+        #[arg(long, value_name = "N")]
+        tunnels: usize = Some(DEFAULT_TUNNELS),
     }
 }
 
-/// Precedence for the agent: flag > env > YAML > default, field by field.
-pub(crate) fn merge_agent(
-    cli: &AgentLayer,
-    env: &AgentLayer,
-    file: &AgentLayer,
-    defaults: &AgentLayer,
-) -> AgentLayer {
-    cli.clone()
-        .or(env.clone())
-        .or(file.clone())
-        .or(defaults.clone())
+layer! {
+    /// Server settings: one partial layer (YAML file, `FLUIDITY_*` environment or flags).
+    pub struct ServerLayer in "server.yaml" {
+        /// Address the tunnel port listens on
+        #[arg(long, value_name = "IP")]
+        listen_addr: IpAddr = Some(DEFAULT_SERVER_LISTEN_ADDR),
+        /// Tunnel port
+        #[arg(long, value_name = "PORT")]
+        listen_port: u16 = Some(DEFAULT_LISTEN_PORT),
+        /// Server certificate (PEM)
+        #[arg(long, value_name = "FILE")]
+        cert_file: PathBuf = Some(PathBuf::from(DEFAULT_SERVER_CERT_FILE)),
+        /// Server private key (PEM)
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf = Some(PathBuf::from(DEFAULT_SERVER_KEY_FILE)),
+        /// CA certificate that agents' client certificates must be signed by (PEM)
+        #[arg(long, value_name = "FILE")]
+        ca_cert_file: PathBuf = Some(PathBuf::from(DEFAULT_CA_CERT_FILE)),
+        /// Log level (trace, debug, info, warn, error, off) or a tracing filter directive
+        #[arg(long, value_name = "LEVEL")]
+        log_level: String = Some(DEFAULT_LOG_LEVEL.to_owned()),
+        /// Log format
+        #[arg(long, value_name = "FORMAT")]
+        log_format: LogFormat = Some(DEFAULT_LOG_FORMAT),
+        /// Maximum concurrent agent connections
+        #[arg(long, value_name = "N")]
+        max_connections: usize = Some(DEFAULT_MAX_CONNECTIONS),
+        /// Address of the health and metrics endpoint
+        #[arg(long, value_name = "IP:PORT")]
+        health_addr: SocketAddr = Some(DEFAULT_HEALTH_ADDR),
+        /// Allow targets on loopback, private, link-local, unique-local, unspecified or multicast addresses
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        allow_private_targets: bool = Some(false),
+        /// PEM certificate revocation list; revoked client certificates are refused
+        #[arg(long, value_name = "FILE")]
+        crl_file: PathBuf = None,
+        /// Maximum concurrent streams per agent connection
+        #[arg(long, value_name = "N")]
+        max_streams_per_agent: u32 = Some(DEFAULT_MAX_STREAMS_PER_AGENT),
+        /// New streams per second per client certificate; 0 = unlimited
+        #[arg(long, value_name = "N")]
+        rate_limit_per_agent: u32 = Some(DEFAULT_RATE_LIMIT_PER_AGENT),
+        /// New streams allowed at once before rate_limit_per_agent applies (default: rate_limit_per_agent, at
+        /// least 1)
+        #[arg(long, value_name = "N")]
+        rate_limit_burst: u32 = None,
+        /// Targets to refuse: CIDRs, host names (`*.` wildcards) and `:port` rules; repeat or separate with commas
+        #[arg(long, value_name = "RULE", value_delimiter = ',')]
+        deny_targets: Vec<String> = Some(Vec::new()),
+        /// If set, only these targets are allowed (same rule syntax as deny_targets)
+        #[arg(long, value_name = "RULE", value_delimiter = ',')]
+        allow_targets: Vec<String> = Some(Vec::new()),
+        /// Seconds allowed for dialing a target
+        #[arg(long, value_name = "SECS")]
+        connect_timeout_secs: u64 = Some(DEFAULT_CONNECT_TIMEOUT_SECS),
+        /// Close a stream after this many seconds with no bytes moving; 0 = never
+        #[arg(long, value_name = "SECS")]
+        idle_timeout_secs: u64 = Some(DEFAULT_IDLE_TIMEOUT_SECS),
+        /// Ping an agent every this many seconds and drop its tunnel if the answer takes as long
+        #[arg(long, value_name = "SECS")]
+        keepalive_secs: u64 = Some(DEFAULT_SERVER_KEEPALIVE_SECS),
+        /// Seconds an agent has to complete the TLS handshake
+        #[arg(long, value_name = "SECS")]
+        tls_handshake_timeout_secs: u64 = Some(DEFAULT_TLS_HANDSHAKE_TIMEOUT_SECS),
+    }
 }
 
-/// Precedence for the server: flag > env > YAML > default, field by field.
-pub(crate) fn merge_server(
-    cli: &ServerLayer,
-    env: &ServerLayer,
-    file: &ServerLayer,
-    defaults: &ServerLayer,
-) -> ServerLayer {
+/// Whether `key` of layer `L` takes a list (comma-separated in the environment, as on the command line).
+pub(crate) fn is_list_key<L: Layer>(key: &str) -> bool {
+    L::augment_args(Command::new("fluidity"))
+        .get_arguments()
+        .any(|arg| arg.get_id() == key && arg.get_value_delimiter() == Some(','))
+}
+
+/// The flags of layer `L` in `command` with each help text followed by the key's default (from
+/// [`Layer::defaults`]) and its `FLUIDITY_*` variable, so that neither is typed by hand.
+pub(crate) fn annotate_help<L: Layer>(command: Command) -> Command {
+    let defaults = match yaml_serde::to_value(L::defaults()) {
+        Ok(Value::Mapping(defaults)) => defaults,
+        _ => Mapping::new(),
+    };
+    L::KEYS.iter().fold(command, |command, &key| {
+        let mut notes = String::new();
+        if let Some(default) = defaults.get(key).and_then(render_default) {
+            notes.push_str(&format!(" [default: {default}]"));
+        }
+        let list = if is_list_key::<L>(key) {
+            ", comma-separated"
+        } else {
+            ""
+        };
+        notes.push_str(&format!(
+            " [env: {}{list}]",
+            super::sources::env_var_name(key)
+        ));
+        command.mut_arg(key, |arg| {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let arg = arg.help(format!("{help}{notes}"));
+            match arg.get_long_help().map(ToString::to_string) {
+                Some(long) => arg.long_help(format!("{long}{notes}")),
+                None => arg,
+            }
+        })
+    })
+}
+
+/// A default as the help shows it; `None` for an empty list (nothing to show).
+fn render_default(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Sequence(items) if !items.is_empty() => Some(
+            items
+                .iter()
+                .filter_map(render_default)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        _ => None,
+    }
+}
+
+/// Precedence: flag > env > YAML > default, key by key.
+pub(crate) fn merge<L: Layer + Clone>(cli: &L, env: &L, file: &L, defaults: &L) -> L {
     cli.clone()
         .or(env.clone())
         .or(file.clone())
@@ -465,8 +311,6 @@ pub(crate) fn merge_server(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Command;
-    use yaml_serde::{Mapping, Value};
 
     /// Every KEYS entry is a field (serde would refuse an unknown key), and every field is in KEYS (clap's argument
     /// ids are the field names), in the same order.
@@ -483,9 +327,85 @@ mod tests {
             .map(|a| a.get_id().as_str())
             .collect();
         assert_eq!(fields, L::KEYS);
-        for &key in L::LIST_KEYS {
-            assert!(L::KEYS.contains(&key), "LIST_KEYS has unknown `{key}`");
+    }
+
+    #[test]
+    fn list_keys_are_the_comma_separated_flags() {
+        let lists: Vec<&str> = ServerLayer::KEYS
+            .iter()
+            .copied()
+            .filter(|key| is_list_key::<ServerLayer>(key))
+            .collect();
+        assert_eq!(lists, ["deny_targets", "allow_targets"]);
+        assert!(
+            !AgentLayer::KEYS
+                .iter()
+                .any(|key| is_list_key::<AgentLayer>(key))
+        );
+    }
+
+    /// The help text of `key`'s flag once annotated.
+    fn help_of<L: Layer>(key: &str) -> String {
+        let command = annotate_help::<L>(L::augment_args(Command::new("fluidity")));
+        let arg = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == key)
+            .expect("a flag per key");
+        arg.get_help().expect("every flag has help").to_string()
+    }
+
+    #[test]
+    fn help_shows_each_default_and_variable_from_the_one_declaration() {
+        let cases = [
+            ("server_port", Some("8443")),
+            ("listen_addr", Some("127.0.0.1")),
+            ("cert_file", Some("certs/client.crt")),
+            ("log_format", Some("text")),
+            ("fast_connect", Some("false")),
+            ("tunnels", Some("1")),
+            ("server_ip", None),
+            ("proxy_auth", None),
+        ];
+        for (key, default) in cases {
+            let help = help_of::<AgentLayer>(key);
+            let env = format!("[env: FLUIDITY_{}]", key.to_ascii_uppercase());
+            assert!(help.ends_with(&env), "{key}: {help}");
+            match default {
+                Some(value) => assert!(
+                    help.contains(&format!("[default: {value}]")),
+                    "{key}: {help}"
+                ),
+                None => assert!(!help.contains("[default:"), "{key}: {help}"),
+            }
         }
+        let deny = help_of::<ServerLayer>("deny_targets");
+        assert!(
+            deny.ends_with("[env: FLUIDITY_DENY_TARGETS, comma-separated]"),
+            "{deny}"
+        );
+        assert!(help_of::<ServerLayer>("health_addr").contains("[default: 127.0.0.1:8081]"));
+    }
+
+    #[test]
+    fn no_help_text_types_a_default_or_variable_by_hand() {
+        fn check<L: Layer>() {
+            for arg in L::augment_args(Command::new("fluidity")).get_arguments() {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                let long = arg
+                    .get_long_help()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                for text in [help, long] {
+                    assert!(
+                        !text.contains("[default:") && !text.contains("[env:"),
+                        "{}: {text}",
+                        arg.get_id()
+                    );
+                }
+            }
+        }
+        check::<AgentLayer>();
+        check::<ServerLayer>();
     }
 
     #[test]
@@ -535,7 +455,7 @@ mod tests {
             (None, Some(2), None, 2),
         ];
         for (cli, env, file, expected) in cases {
-            let merged = merge_agent(
+            let merged = merge(
                 &agent_port(cli),
                 &agent_port(env),
                 &agent_port(file),
@@ -565,7 +485,7 @@ mod tests {
             fast_connect: Some(true),
             ..AgentLayer::default()
         };
-        let merged = merge_agent(&cli, &env, &file, &AgentLayer::defaults());
+        let merged = merge(&cli, &env, &file, &AgentLayer::defaults());
         assert_eq!(merged.log_level.as_deref(), Some("debug"));
         assert_eq!(merged.server_ip.as_deref(), Some("env.example"));
         assert_eq!(merged.fast_connect, Some(true));
@@ -586,7 +506,7 @@ mod tests {
             (Some(1), Some(2), Some(3), 1),
         ];
         for (cli, env, file, expected) in cases {
-            let merged = merge_server(
+            let merged = merge(
                 &layer(cli),
                 &layer(env),
                 &layer(file),
@@ -603,7 +523,7 @@ mod tests {
             deny_targets: Some(vec!["b".into(), "c".into()]),
             ..ServerLayer::default()
         };
-        let merged = merge_server(
+        let merged = merge(
             &cli,
             &ServerLayer::default(),
             &file,

@@ -30,10 +30,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub(crate) use layers::annotate_help;
 pub use layers::{AgentLayer, ServerLayer};
 
-use layers::{Layer, merge_agent, merge_server};
-use sources::{Origins, env_layer, read_file_layer, save_layer};
+use layers::{Layer, merge};
+use sources::{Provenance, env_layer, read_file_layer, save_layer};
 
 /// Agent: default server port (`server_port`).
 pub const DEFAULT_SERVER_PORT: u16 = 8443;
@@ -411,10 +412,10 @@ pub enum ConfigError {
         file: String,
     },
     /// A value has the right type but is not acceptable.
-    #[error("{}: {key}: {}", one_line(origin), one_line(message))]
+    #[error("{}: {key}: {}", one_line(from), one_line(message))]
     Invalid {
         /// Where the value came from: the file, `FLUIDITY_KEY`, `--key` or `default`.
-        origin: String,
+        from: String,
         /// The key.
         key: &'static str,
         /// Why it is refused.
@@ -460,13 +461,13 @@ pub fn load_agent(
 ) -> Result<AgentConfig, ConfigError> {
     let file = load_file_layer(config_file)?;
     let env = env_layer::<AgentLayer>(env)?;
-    let merged = merge_agent(
+    let merged = merge(
         cli,
         &env,
         &file,
         &beside_file(AgentLayer::defaults(), config_file),
     );
-    resolve::resolve_agent(merged, &Origins::new(cli, &env, &file, config_file))
+    resolve::resolve_agent(merged, &Provenance::new(cli, &env, &file, config_file))
 }
 
 /// Loads the server configuration: `config_file` (if any), then `env`, then `cli`, over the defaults; validated.
@@ -483,13 +484,13 @@ pub fn load_server(
 ) -> Result<ServerConfig, ConfigError> {
     let file = load_file_layer(config_file)?;
     let env = env_layer::<ServerLayer>(env)?;
-    let merged = merge_server(
+    let merged = merge(
         cli,
         &env,
         &file,
         &beside_file(ServerLayer::defaults(), config_file),
     );
-    resolve::resolve_server(merged, &Origins::new(cli, &env, &file, config_file))
+    resolve::resolve_server(merged, &Provenance::new(cli, &env, &file, config_file))
 }
 
 /// The defaults layer; with a config file, its default certificate paths sit next to that file (like every

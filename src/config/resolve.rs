@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::sources::Origins;
+use super::sources::Provenance;
 use super::{
     AgentConfig, AgentLayer, ConfigError, LogSettings, MAX_HEADER_READ_TIMEOUT_SECS, MAX_TUNNELS,
     ServerConfig, ServerLayer, TlsFiles, idle_timeout, rate_limit_burst,
@@ -17,30 +17,34 @@ use super::{
 const LOG_LEVEL_WORDS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
 
 /// The value, or the "is required" error naming every layer that could set it.
-fn required<T>(value: Option<T>, key: &'static str, origins: &Origins) -> Result<T, ConfigError> {
-    value.ok_or_else(|| origins.missing(key))
+fn required<T>(
+    value: Option<T>,
+    key: &'static str,
+    provenance: &Provenance,
+) -> Result<T, ConfigError> {
+    value.ok_or_else(|| provenance.missing(key))
 }
 
 /// A required number of seconds that must be greater than 0, as a duration.
 fn positive_secs(
     value: Option<u64>,
     key: &'static str,
-    origins: &Origins,
+    provenance: &Provenance,
 ) -> Result<Duration, ConfigError> {
-    let secs = required(value, key, origins)?;
-    check_positive(secs, key, origins)?;
+    let secs = required(value, key, provenance)?;
+    check_positive(secs, key, provenance)?;
     Ok(Duration::from_secs(secs))
 }
 
 /// A level word, or something that looks like a filter directive (`target=level`, or a list).
-fn check_log_level(level: &str, origins: &Origins) -> Result<(), ConfigError> {
+fn check_log_level(level: &str, provenance: &Provenance) -> Result<(), ConfigError> {
     let word = LOG_LEVEL_WORDS
         .iter()
         .any(|w| w.eq_ignore_ascii_case(level.trim()));
     if word || level.contains('=') || level.contains(',') {
         Ok(())
     } else {
-        Err(origins.invalid(
+        Err(provenance.invalid(
             "log_level",
             format!(
                 "`{level}` is not a level: use trace, debug, info, warn, error, off or a filter such as \
@@ -51,9 +55,13 @@ fn check_log_level(level: &str, origins: &Origins) -> Result<(), ConfigError> {
 }
 
 /// A value that must be greater than zero.
-fn check_positive(value: u64, key: &'static str, origins: &Origins) -> Result<(), ConfigError> {
+fn check_positive(
+    value: u64,
+    key: &'static str,
+    provenance: &Provenance,
+) -> Result<(), ConfigError> {
     if value == 0 {
-        Err(origins.invalid(key, "must be greater than 0"))
+        Err(provenance.invalid(key, "must be greater than 0"))
     } else {
         Ok(())
     }
@@ -64,20 +72,20 @@ fn from_one_to<T>(
     max: T,
     value: Option<T>,
     key: &'static str,
-    origins: &Origins,
+    provenance: &Provenance,
 ) -> Result<T, ConfigError>
 where
     T: PartialOrd + From<u8> + std::fmt::Display,
 {
-    let value = required(value, key, origins)?;
+    let value = required(value, key, provenance)?;
     if value < T::from(1) || value > max {
-        return Err(origins.invalid(key, format!("must be between 1 and {max}")));
+        return Err(provenance.invalid(key, format!("must be between 1 and {max}")));
     }
     Ok(value)
 }
 
 /// The server host: an IP address or a host name, without a port. `[v6]` is accepted and unbracketed.
-fn check_server_host(raw: String, origins: &Origins) -> Result<String, ConfigError> {
+fn check_server_host(raw: String, provenance: &Provenance) -> Result<String, ConfigError> {
     let host = raw.trim();
     let unbracketed = host
         .strip_prefix('[')
@@ -85,13 +93,13 @@ fn check_server_host(raw: String, origins: &Origins) -> Result<String, ConfigErr
         .filter(|h| h.parse::<IpAddr>().is_ok());
     let host = unbracketed.unwrap_or(host);
     if host.is_empty() {
-        return Err(origins.invalid("server_ip", "must not be empty"));
+        return Err(provenance.invalid("server_ip", "must not be empty"));
     }
     let bad_char = host
         .chars()
         .any(|c| c.is_whitespace() || "/[]@".contains(c));
     if bad_char || (host.contains(':') && host.parse::<IpAddr>().is_err()) {
-        return Err(origins.invalid(
+        return Err(provenance.invalid(
             "server_ip",
             format!("`{host}` is not an IP address or host name (set the port with server_port)"),
         ));
@@ -105,7 +113,7 @@ fn check_server_host(raw: String, origins: &Origins) -> Result<String, ConfigErr
 /// [`ConfigError::Missing`] for `server_ip`, [`ConfigError::Invalid`] for a refused value.
 pub(crate) fn resolve_agent(
     merged: AgentLayer,
-    origins: &Origins,
+    provenance: &Provenance,
 ) -> Result<AgentConfig, ConfigError> {
     let AgentLayer {
         server_ip,
@@ -127,26 +135,26 @@ pub(crate) fn resolve_agent(
         tunnels,
     } = merged;
 
-    let server_host = check_server_host(required(server_ip, "server_ip", origins)?, origins)?;
-    let server_port = required(server_port, "server_port", origins)?;
+    let server_host = check_server_host(required(server_ip, "server_ip", provenance)?, provenance)?;
+    let server_port = required(server_port, "server_port", provenance)?;
     if server_port == 0 {
-        return Err(origins.invalid("server_port", "must not be 0"));
+        return Err(provenance.invalid("server_port", "must not be 0"));
     }
-    let log_level = required(log_level, "log_level", origins)?;
-    check_log_level(&log_level, origins)?;
-    let connect_timeout_secs = required(connect_timeout_secs, "connect_timeout_secs", origins)?;
-    check_positive(connect_timeout_secs, "connect_timeout_secs", origins)?;
+    let log_level = required(log_level, "log_level", provenance)?;
+    check_log_level(&log_level, provenance)?;
+    let connect_timeout_secs = required(connect_timeout_secs, "connect_timeout_secs", provenance)?;
+    check_positive(connect_timeout_secs, "connect_timeout_secs", provenance)?;
     let header_read_timeout_secs = from_one_to(
         MAX_HEADER_READ_TIMEOUT_SECS,
         header_read_timeout_secs,
         "header_read_timeout_secs",
-        origins,
+        provenance,
     )?;
-    let tunnels = from_one_to(MAX_TUNNELS, tunnels, "tunnels", origins)?;
-    let listen_addr = required(listen_addr, "listen_addr", origins)?;
-    let allow_open_proxy = required(allow_open_proxy, "allow_open_proxy", origins)?;
+    let tunnels = from_one_to(MAX_TUNNELS, tunnels, "tunnels", provenance)?;
+    let listen_addr = required(listen_addr, "listen_addr", provenance)?;
+    let allow_open_proxy = required(allow_open_proxy, "allow_open_proxy", provenance)?;
     if !listen_addr.is_loopback() && proxy_auth.is_none() && !allow_open_proxy {
-        return Err(origins.invalid(
+        return Err(provenance.invalid(
             "listen_addr",
             format!(
                 "{listen_addr} is not loopback: set proxy_auth or allow_open_proxy: true \
@@ -160,23 +168,27 @@ pub(crate) fn resolve_agent(
         server_port,
         listen: SocketAddr::new(
             listen_addr,
-            required(local_proxy_port, "local_proxy_port", origins)?,
+            required(local_proxy_port, "local_proxy_port", provenance)?,
         ),
         tls: TlsFiles {
-            cert_file: required(cert_file, "cert_file", origins)?,
-            key_file: required(key_file, "key_file", origins)?,
-            ca_cert_file: required(ca_cert_file, "ca_cert_file", origins)?,
+            cert_file: required(cert_file, "cert_file", provenance)?,
+            key_file: required(key_file, "key_file", provenance)?,
+            ca_cert_file: required(ca_cert_file, "ca_cert_file", provenance)?,
         },
         log: LogSettings {
             level: log_level,
-            format: required(log_format, "log_format", origins)?,
+            format: required(log_format, "log_format", provenance)?,
         },
-        fast_connect: required(fast_connect, "fast_connect", origins)?,
+        fast_connect: required(fast_connect, "fast_connect", provenance)?,
         proxy_auth,
         allow_open_proxy,
         connect_timeout: Duration::from_secs(connect_timeout_secs),
-        idle_timeout: idle_timeout(required(idle_timeout_secs, "idle_timeout_secs", origins)?),
-        keepalive: positive_secs(keepalive_secs, "keepalive_secs", origins)?,
+        idle_timeout: idle_timeout(required(
+            idle_timeout_secs,
+            "idle_timeout_secs",
+            provenance,
+        )?),
+        keepalive: positive_secs(keepalive_secs, "keepalive_secs", provenance)?,
         header_read_timeout: Duration::from_secs(header_read_timeout_secs),
         tunnels,
     })
@@ -188,7 +200,7 @@ pub(crate) fn resolve_agent(
 /// [`ConfigError::Invalid`] for a refused value.
 pub(crate) fn resolve_server(
     merged: ServerLayer,
-    origins: &Origins,
+    provenance: &Provenance,
 ) -> Result<ServerConfig, ConfigError> {
     let ServerLayer {
         listen_addr,
@@ -213,62 +225,67 @@ pub(crate) fn resolve_server(
         tls_handshake_timeout_secs,
     } = merged;
 
-    let log_level = required(log_level, "log_level", origins)?;
-    check_log_level(&log_level, origins)?;
-    let max_connections = required(max_connections, "max_connections", origins)?;
+    let log_level = required(log_level, "log_level", provenance)?;
+    check_log_level(&log_level, provenance)?;
+    let max_connections = required(max_connections, "max_connections", provenance)?;
     if max_connections == 0 {
-        return Err(origins.invalid("max_connections", "must be greater than 0"));
+        return Err(provenance.invalid("max_connections", "must be greater than 0"));
     }
-    let max_streams_per_agent = required(max_streams_per_agent, "max_streams_per_agent", origins)?;
+    let max_streams_per_agent =
+        required(max_streams_per_agent, "max_streams_per_agent", provenance)?;
     check_positive(
         max_streams_per_agent.into(),
         "max_streams_per_agent",
-        origins,
+        provenance,
     )?;
-    let connect_timeout_secs = required(connect_timeout_secs, "connect_timeout_secs", origins)?;
-    check_positive(connect_timeout_secs, "connect_timeout_secs", origins)?;
+    let connect_timeout_secs = required(connect_timeout_secs, "connect_timeout_secs", provenance)?;
+    check_positive(connect_timeout_secs, "connect_timeout_secs", provenance)?;
     let tls_handshake_timeout_secs = required(
         tls_handshake_timeout_secs,
         "tls_handshake_timeout_secs",
-        origins,
+        provenance,
     )?;
     check_positive(
         tls_handshake_timeout_secs,
         "tls_handshake_timeout_secs",
-        origins,
+        provenance,
     )?;
     if burst == Some(0) {
-        return Err(origins.invalid("rate_limit_burst", "must be at least 1"));
+        return Err(provenance.invalid("rate_limit_burst", "must be at least 1"));
     }
-    let rate_limit_per_agent = required(rate_limit_per_agent, "rate_limit_per_agent", origins)?;
-    let deny_targets = required(deny_targets, "deny_targets", origins)?;
-    let allow_targets = required(allow_targets, "allow_targets", origins)?;
+    let rate_limit_per_agent = required(rate_limit_per_agent, "rate_limit_per_agent", provenance)?;
+    let deny_targets = required(deny_targets, "deny_targets", provenance)?;
+    let allow_targets = required(allow_targets, "allow_targets", provenance)?;
     for (key, rules) in [
         ("deny_targets", &deny_targets),
         ("allow_targets", &allow_targets),
     ] {
         if rules.iter().any(|rule| rule.trim().is_empty()) {
-            return Err(origins.invalid(key, "contains an empty rule"));
+            return Err(provenance.invalid(key, "contains an empty rule"));
         }
     }
 
     Ok(ServerConfig {
         listen: SocketAddr::new(
-            required(listen_addr, "listen_addr", origins)?,
-            required(listen_port, "listen_port", origins)?,
+            required(listen_addr, "listen_addr", provenance)?,
+            required(listen_port, "listen_port", provenance)?,
         ),
         tls: TlsFiles {
-            cert_file: required(cert_file, "cert_file", origins)?,
-            key_file: required(key_file, "key_file", origins)?,
-            ca_cert_file: required(ca_cert_file, "ca_cert_file", origins)?,
+            cert_file: required(cert_file, "cert_file", provenance)?,
+            key_file: required(key_file, "key_file", provenance)?,
+            ca_cert_file: required(ca_cert_file, "ca_cert_file", provenance)?,
         },
         log: LogSettings {
             level: log_level,
-            format: required(log_format, "log_format", origins)?,
+            format: required(log_format, "log_format", provenance)?,
         },
         max_connections,
-        health_addr: required(health_addr, "health_addr", origins)?,
-        allow_private_targets: required(allow_private_targets, "allow_private_targets", origins)?,
+        health_addr: required(health_addr, "health_addr", provenance)?,
+        allow_private_targets: required(
+            allow_private_targets,
+            "allow_private_targets",
+            provenance,
+        )?,
         crl_file,
         max_streams_per_agent,
         rate_limit_per_agent,
@@ -276,8 +293,12 @@ pub(crate) fn resolve_server(
         deny_targets,
         allow_targets,
         connect_timeout: Duration::from_secs(connect_timeout_secs),
-        idle_timeout: idle_timeout(required(idle_timeout_secs, "idle_timeout_secs", origins)?),
-        keepalive: positive_secs(keepalive_secs, "keepalive_secs", origins)?,
+        idle_timeout: idle_timeout(required(
+            idle_timeout_secs,
+            "idle_timeout_secs",
+            provenance,
+        )?),
+        keepalive: positive_secs(keepalive_secs, "keepalive_secs", provenance)?,
         tls_handshake_timeout: Duration::from_secs(tls_handshake_timeout_secs),
     })
 }
@@ -286,22 +307,23 @@ pub(crate) fn resolve_server(
 mod tests {
     use super::*;
     use crate::config::ProxyAuth;
+    use crate::config::layers::Layer;
     use std::path::Path;
 
     fn agent(file: AgentLayer) -> Result<AgentConfig, ConfigError> {
         let cli = AgentLayer::default();
         let env = AgentLayer::default();
-        let origins = Origins::new(&cli, &env, &file, Some(Path::new("agent.yaml")));
-        let merged = super::super::merge_agent(&cli, &env, &file, &AgentLayer::defaults());
-        resolve_agent(merged, &origins)
+        let provenance = Provenance::new(&cli, &env, &file, Some(Path::new("agent.yaml")));
+        let merged = super::super::merge(&cli, &env, &file, &AgentLayer::defaults());
+        resolve_agent(merged, &provenance)
     }
 
     fn server(file: ServerLayer) -> Result<ServerConfig, ConfigError> {
         let cli = ServerLayer::default();
         let env = ServerLayer::default();
-        let origins = Origins::new(&cli, &env, &file, Some(Path::new("server.yaml")));
-        let merged = super::super::merge_server(&cli, &env, &file, &ServerLayer::defaults());
-        resolve_server(merged, &origins)
+        let provenance = Provenance::new(&cli, &env, &file, Some(Path::new("server.yaml")));
+        let merged = super::super::merge(&cli, &env, &file, &ServerLayer::defaults());
+        resolve_server(merged, &provenance)
     }
 
     fn with_host(layer: AgentLayer) -> AgentLayer {
@@ -392,7 +414,7 @@ mod tests {
     }
 
     #[test]
-    fn agent_range_checks_name_key_and_origin() {
+    fn agent_range_checks_name_key_and_source() {
         let cases = [
             (
                 AgentLayer {

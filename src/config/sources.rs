@@ -1,5 +1,5 @@
 //! Reading layers from their sources: the YAML file, the `FLUIDITY_*` environment map, and writing flags back
-//! (`--save`). Also where a merged value came from ([`Origins`]), for error messages.
+//! (`--save`). Also where a merged value came from ([`Provenance`]), for error messages.
 //!
 //! The environment is always a map passed in by the caller; nothing here reads or changes the process environment.
 //! Values are only checked for their type here; ranges and cross-key rules are `resolve`'s job.
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use yaml_serde::{Mapping, Value};
 
 use super::ConfigError;
-use super::layers::Layer;
+use super::layers::{Layer, is_list_key};
 
 /// The environment variable that sets `key`: `FLUIDITY_` + the key in upper case.
 pub(crate) fn env_var_name(key: &str) -> String {
@@ -105,7 +105,7 @@ pub(crate) fn env_layer<L: Layer>(env: &HashMap<String, String>) -> Result<L, Co
         if raw.trim().is_empty() {
             continue;
         }
-        let candidates = if L::LIST_KEYS.contains(&key) {
+        let candidates = if is_list_key::<L>(key) {
             let items = raw
                 .split(',')
                 .map(str::trim)
@@ -179,7 +179,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Where a merged value came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Origin {
+pub(crate) enum Source {
     /// A command-line flag, `--key`.
     Flag(String),
     /// An environment variable, `FLUIDITY_KEY`.
@@ -190,7 +190,7 @@ pub(crate) enum Origin {
     Default,
 }
 
-impl fmt::Display for Origin {
+impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Flag(flag) => f.write_str(flag),
@@ -202,7 +202,7 @@ impl fmt::Display for Origin {
 }
 
 /// The set keys of each layer, to say where a merged value came from.
-pub(crate) struct Origins {
+pub(crate) struct Provenance {
     cli: Mapping,
     env: Mapping,
     file: Mapping,
@@ -210,7 +210,7 @@ pub(crate) struct Origins {
     file_name: &'static str,
 }
 
-impl Origins {
+impl Provenance {
     pub(crate) fn new<L: Layer>(cli: &L, env: &L, file: &L, file_path: Option<&Path>) -> Self {
         Self {
             cli: set_keys(cli),
@@ -222,15 +222,15 @@ impl Origins {
     }
 
     /// The highest-precedence layer that sets `key`.
-    pub(crate) fn of(&self, key: &str) -> Origin {
+    pub(crate) fn of(&self, key: &str) -> Source {
         if self.cli.contains_key(key) {
-            Origin::Flag(flag_name(key))
+            Source::Flag(flag_name(key))
         } else if self.env.contains_key(key) {
-            Origin::Env(env_var_name(key))
+            Source::Env(env_var_name(key))
         } else if self.file.contains_key(key) {
-            Origin::File(self.file_path.clone().unwrap_or_default())
+            Source::File(self.file_path.clone().unwrap_or_default())
         } else {
-            Origin::Default
+            Source::Default
         }
     }
 
@@ -246,7 +246,7 @@ impl Origins {
     /// An error for `key`'s merged value, naming where it came from.
     pub(crate) fn invalid(&self, key: &'static str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
-            origin: self.of(key).to_string(),
+            from: self.of(key).to_string(),
             key,
             message: message.into(),
         }
@@ -510,7 +510,7 @@ mod tests {
     }
 
     #[test]
-    fn origins_name_the_highest_layer() {
+    fn provenance_names_the_highest_layer() {
         let cli = AgentLayer {
             server_port: Some(1),
             ..AgentLayer::default()
@@ -524,11 +524,11 @@ mod tests {
             server_ip: Some("h".into()),
             ..AgentLayer::default()
         };
-        let origins = Origins::new(&cli, &env, &file, Some(Path::new("conf/agent.yaml")));
-        assert_eq!(origins.of("server_port").to_string(), "--server-port");
-        assert_eq!(origins.of("log_level").to_string(), "FLUIDITY_LOG_LEVEL");
-        assert_eq!(origins.of("server_ip").to_string(), "conf/agent.yaml");
-        assert_eq!(origins.of("fast_connect"), Origin::Default);
+        let provenance = Provenance::new(&cli, &env, &file, Some(Path::new("conf/agent.yaml")));
+        assert_eq!(provenance.of("server_port").to_string(), "--server-port");
+        assert_eq!(provenance.of("log_level").to_string(), "FLUIDITY_LOG_LEVEL");
+        assert_eq!(provenance.of("server_ip").to_string(), "conf/agent.yaml");
+        assert_eq!(provenance.of("fast_connect"), Source::Default);
     }
 
     #[test]
