@@ -56,7 +56,7 @@ fn init_tracing(log: &LogSettings) {
 #[derive(Clone, Copy)]
 enum Threads {
     /// One thread: the agent's work all funnels through one tunnel connection anyway, and cross-thread wake-ups
-    /// cost more CPU than they gain (measured in bench/).
+    /// cost more CPU than they gain (bench/results/HISTORY.md).
     One,
     /// A worker per core: `up` runs the agent and the server's accept loop on it.
     PerCore,
@@ -212,9 +212,9 @@ fn run_certs(command: CertsCommand) -> ExitCode {
 }
 
 /// mimalloc keeps freed memory for reuse instead of handing it back to the kernel at once: glibc's malloc returned
-/// and re-faulted the pages of every 64 KiB frame buffer (about a tenth of the agent's CPU in bulk transfers).
+/// and re-faulted the pages of every frame buffer, a sizeable share of the agent's CPU in bulk transfers.
 /// It is built without transparent huge pages (`no_thp` in Cargo.toml): with them, every page mimalloc purged and
-/// reused came back as a 2 MiB page the kernel had to zero, and `clear_page` took 9-10 % of the agent's samples in
-/// a bulk download (0.5 % without).
+/// reused came back as a 2 MiB page the kernel had to zero, and zeroing pages became a visible part of a bulk
+/// download's profile (bench/results/HISTORY.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

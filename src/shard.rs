@@ -2,8 +2,8 @@
 //!
 //! Server: a tunnel and every stream on it (the HTTP/2 connection task, one task per stream, the target
 //! connections it opens) live on the worker that accepted it, so handing data between them never crosses threads:
-//! on the multi-thread runtime, those cross-thread wake-ups and the work stealing cost a fifth to a quarter of the
-//! server's CPU per request and per byte (measured in bench/). Different tunnels still use different cores: each
+//! on the multi-thread runtime, those cross-thread wake-ups and the work stealing cost a large share of the
+//! server's CPU per request and per byte (bench/results/HISTORY.md). Different tunnels still use different cores: each
 //! new connection goes to the worker serving the fewest. Agent (`tunnels` above 1): each extra tunnel and the
 //! callers that use it live on a worker of their own.
 
