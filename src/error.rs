@@ -8,10 +8,8 @@ use std::error::Error as StdError;
 use std::io;
 use std::time::Duration;
 
+pub(crate) use crate::tunnel::BoxError;
 use crate::tunnel::{Body, text_response};
-
-/// A boxed error from a dependency, kept for `source()`.
-pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Why a request or stream could not be relayed.
 #[derive(Debug, thiserror::Error)]

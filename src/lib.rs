@@ -5,13 +5,18 @@
 //! every caller request as a stream of one HTTP/2 connection. The server dials the **targets** and relays.
 //!
 //! # Layout
-//! - `cli`: the command line (clap); `config`: layered configuration (defaults, YAML, `FLUIDITY_*` env, flags).
-//! - `certs`: the private CA and certificates (rcgen); `tls`: rustls configurations and TLS material checks.
-//! - `tunnel`: what both roles agree on: the request → stream mapping, header rules, byte splicing.
+//! From the bottom up; each layer uses only those before it.
+//! - `tunnel`: what both roles agree on: the request → stream mapping, header rules, authority parsing, h2
+//!   streams as byte streams, the byte splice, and the tunnel's transport (TCP, gathered writes, TLS, HTTP/2
+//!   settings). It knows nothing of metrics, statuses or roles.
+//! - `config`: layered configuration (defaults, YAML, `FLUIDITY_*` env, flags); `certs`: the private CA and
+//!   certificates (rcgen); `tls`: rustls configurations and TLS material checks.
+//! - `error`: the one mapping from failures to HTTP statuses; `metrics`: counters, gauges and counted bodies, and
+//!   their rendering; `shutdown`: signals and graceful drain; `expiry`: certificate expiry while a role runs;
+//!   `admin`: `/healthz` and `/metrics`; `shard`: worker threads that connections are handed to whole.
 //! - `agent`: the proxy listener, its service, and the tunnel keeper. `server`: the TLS accept loop, the HTTP/2
-//!   service, target dialing and the destination policy.
-//! - `admin`: `/healthz` and `/metrics`; `metrics`: counters and their rendering; `error`: the one mapping from
-//!   failures to HTTP statuses; `shutdown`: signals and graceful drain; `up`: server and agent in one process.
+//!   service, target dialing, the pool of target connections and the destination policy.
+//! - `up`: server and agent in one process; `cli`: the command line (clap).
 //!
 //! `agent` and `server` never use each other; only `up` composes both.
 
@@ -29,6 +34,7 @@ pub mod up;
 
 mod admin;
 mod error;
+mod expiry;
 mod metrics;
 mod shard;
 mod tunnel;

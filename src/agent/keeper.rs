@@ -15,16 +15,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::window::{Metered, Pinger, Traffic, Windows};
+use super::window::{Metered, Pinger, Traffic, TunnelLost, Windows};
 use crate::metrics::AgentMetrics;
-use crate::tunnel::{
-    CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, PROBE_AUTHORITY,
-    RESET_STREAMS_REMEMBERED, STREAM_WINDOW_BYTES, buffer_tls_writes, buffered, cork,
-};
+use crate::tunnel::{PROBE_AUTHORITY, transport};
 
 /// First reconnect delay.
 pub(crate) const RECONNECT_MIN: Duration = Duration::from_millis(100);
@@ -123,15 +119,6 @@ pub(crate) struct Keeper {
     pub(crate) metrics: Arc<AgentMetrics>,
 }
 
-/// Why an established tunnel ended.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TunnelLost {
-    #[error("{0}")]
-    Connection(#[source] h2::Error),
-    #[error("no answer to a keep-alive ping in time")]
-    PingTimeout,
-}
-
 /// Aborts the connection task when the tunnel is replaced or the keeper stops.
 struct AbortOnDrop(JoinHandle<Result<(), TunnelLost>>);
 
@@ -204,7 +191,6 @@ impl Keeper {
         .await
         .map_err(timed)?
         .map_err(ConnectError::Tcp)?;
-        let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(self.server_host.clone())
             .map_err(|e| ConnectError::ServerName(e.to_string()))?;
         let config = match self.tls.read() {
@@ -212,24 +198,12 @@ impl Keeper {
             Err(poisoned) => poisoned.into_inner().clone(),
         };
         let traffic = Arc::new(Traffic::default());
-        let (read, outbox) = cork::split(tcp);
-        let transport = cork::Socket::new(
-            Metered::new(buffered(read), traffic.clone()),
-            outbox.clone(),
-        );
-        let mut tls =
-            tokio::time::timeout(limit, TlsConnector::from(config).connect(name, transport))
-                .await
-                .map_err(timed)?
-                .map_err(ConnectError::Tls)?;
-        buffer_tls_writes(tls.get_mut().1);
-        let (sender, mut connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES)
-            .max_header_list_size(MAX_HEADER_BYTES as u32)
-            .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
-            .handshake::<_, Bytes>(tls)
+        let (socket, writes) = transport::socket(tcp, |read| Metered::new(read, traffic.clone()));
+        let tls = tokio::time::timeout(limit, transport::connect_tls(config, name, socket))
+            .await
+            .map_err(timed)?
+            .map_err(ConnectError::Tls)?;
+        let (sender, mut connection) = transport::h2_client(tls)
             .await
             .map_err(ConnectError::Http2)?;
         let mut pinger = connection
@@ -263,7 +237,13 @@ impl Keeper {
                 }
             }
         };
-        let mut conn = AbortOnDrop(tokio::spawn(cork::corked(drive, outbox)));
+        // The connection's writes are gathered while it runs, and sent each time it yields.
+        let mut conn = AbortOnDrop(tokio::spawn(async move {
+            writes
+                .gather_while(drive)
+                .await
+                .map_err(TunnelLost::Socket)?
+        }));
         // TLS 1.3 refuses a client certificate after the handshake: only an answered request proves the tunnel.
         let probe = http::Request::get(format!("http://{PROBE_AUTHORITY}/"))
             .body(())

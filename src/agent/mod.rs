@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::config::AgentConfig;
-use crate::metrics::{AgentMetrics, record_cert_expiry, watch_cert_expiry};
+use crate::expiry;
+use crate::metrics::AgentMetrics;
 use crate::shard::{Shards, counted, least_loaded};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
@@ -44,8 +45,9 @@ pub(crate) struct Shared {
 /// A bound agent, ready to [`run`](Agent::run).
 pub struct Agent {
     listener: TcpListener,
-    /// One per tunnel, in tunnel order: the callers served on tunnel `i`'s thread use `lanes[i]`.
-    lanes: Vec<Arc<Shared>>,
+    /// The state of each tunnel's callers, in tunnel order: the callers served on tunnel `i`'s thread use
+    /// `per_tunnel[i]`.
+    per_tunnel: Vec<Arc<Shared>>,
     keepers: Vec<Keeper>,
     tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
 }
@@ -66,7 +68,7 @@ impl AgentReload {
             Ok(mut guard) => *guard = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
-        record_cert_expiry(
+        expiry::record(
             &self.config.tls.cert_file,
             &self.metrics.cert_expiry_seconds,
             "agent",
@@ -95,7 +97,7 @@ impl Agent {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let metrics = Arc::new(AgentMetrics::new());
-        record_cert_expiry(&config.tls.cert_file, &metrics.cert_expiry_seconds, "agent");
+        expiry::record(&config.tls.cert_file, &metrics.cert_expiry_seconds, "agent");
         let count = config.tunnels.max(1);
         let (keepers, states): (Vec<_>, Vec<_>) = (0..count)
             .map(|index| {
@@ -115,7 +117,7 @@ impl Agent {
             .unzip();
         let states: Arc<[_]> = states.into();
         let drain = Drain::default();
-        let lanes = (0..count)
+        let per_tunnel = (0..count)
             .map(|own| {
                 Arc::new(Shared {
                     config: config.clone(),
@@ -127,7 +129,7 @@ impl Agent {
             .collect();
         Ok(Self {
             listener,
-            lanes,
+            per_tunnel,
             keepers,
             tls: tls_config,
         })
@@ -146,9 +148,9 @@ impl Agent {
     /// A handle that reloads the TLS material.
     pub fn reloader(&self) -> AgentReload {
         AgentReload {
-            config: self.lanes[0].config.clone(),
+            config: self.per_tunnel[0].config.clone(),
             tls: self.tls.clone(),
-            metrics: self.lanes[0].metrics.clone(),
+            metrics: self.per_tunnel[0].metrics.clone(),
         }
     }
 
@@ -162,12 +164,12 @@ impl Agent {
     /// # Errors
     /// When the threads for further tunnels cannot be started.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let lanes = self.lanes;
-        let shared = lanes[0].clone();
+        let per_tunnel = self.per_tunnel;
+        let shared = per_tunnel[0].clone();
         let drain = shared.drain.clone();
         let keeper_stop = CancellationToken::new();
         let mut keepers = self.keepers.into_iter();
-        let threads = match lanes.len() {
+        let threads = match per_tunnel.len() {
             1 => None,
             n => Some(Shards::start(n - 1).context("cannot start the tunnels' threads")?),
         };
@@ -179,13 +181,13 @@ impl Agent {
                 threads.run_uncounted(index, keeper.run(keeper_stop.clone()));
             }
         }
-        watch_cert_expiry(
+        expiry::watch(
             &drain,
             shared.config.tls.cert_file.clone(),
             shared.metrics.cert_expiry_seconds.clone(),
             "agent",
         );
-        info!(addr = %self.listener.local_addr()?, tunnels = lanes.len(), "agent listening");
+        info!(addr = %self.listener.local_addr()?, tunnels = per_tunnel.len(), "agent listening");
         // Caller connections served on this thread (the others count their own).
         let here = Arc::new(AtomicUsize::new(0));
         let mut next_id: u64 = 0;
@@ -203,7 +205,7 @@ impl Agent {
             };
             next_id += 1;
             let span = debug_span!("caller", %peer, conn = next_id);
-            let lane = match &threads {
+            let tunnel = match &threads {
                 None => 0,
                 Some(threads) => {
                     let loads =
@@ -211,9 +213,9 @@ impl Agent {
                     least_loaded(loads).unwrap_or(0)
                 }
             };
-            match (&threads, lane.checked_sub(1)) {
+            match (&threads, tunnel.checked_sub(1)) {
                 (Some(threads), Some(index)) => {
-                    let shared = lanes[lane].clone();
+                    let shared = per_tunnel[tunnel].clone();
                     let handed =
                         threads.hand_over(Some(index), tcp, &drain.tasks, span, move |tcp| {
                             serve_caller(shared, tcp)
@@ -224,7 +226,7 @@ impl Agent {
                 }
                 // The first tunnel's callers run here, on the accepting thread.
                 _ => {
-                    let caller = serve_caller(lanes[0].clone(), tcp);
+                    let caller = serve_caller(per_tunnel[0].clone(), tcp);
                     drain.tasks.spawn(counted(&here, caller).instrument(span));
                 }
             }
@@ -245,8 +247,8 @@ impl Agent {
 }
 
 /// hyper's buffer limit for a caller connection, reading and writing alike. Writing, it lets hyper gather up to
-/// 256 KiB of a response body into one socket write (with 64 KiB frames, per GiB of an absolute-form download,
-/// 16,233 writes became 4,223). Reading, hyper answers 431 to a head that does not fit; `proxy::handle` answers
+/// 256 KiB of a response body into one socket write (about a quarter of the writes per GiB of an absolute-form
+/// download; bench/results/HISTORY.md). Reading, hyper answers 431 to a head that does not fit; `proxy::handle` answers
 /// 431 to a head over [`MAX_HEADER_BYTES`] that does.
 const CALLER_BUFFER_BYTES: usize = 4 * MAX_HEADER_BYTES;
 

@@ -22,9 +22,9 @@ use super::Shared;
 use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
 use crate::config::ProxyAuth;
 use crate::error::{ForwardError, error_response};
+use crate::metrics::Counted;
 use crate::metrics::{OpenGuard, StreamKind};
 use crate::tunnel::authority::target_of;
-use crate::tunnel::body::Counted;
 use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
 use crate::tunnel::splice;
 use crate::tunnel::stream::{TunnelBody, TunnelStream, send_body};
@@ -231,16 +231,15 @@ fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: TunnelStream, g
 }
 
 async fn relay(shared: &Shared, caller: hyper::upgrade::Upgraded, stream: TunnelStream) {
-    let bytes = &shared.metrics.bytes;
-    splice::relay_tunnel(
+    let moved = splice::relay_tunnel(
         TokioIo::new(caller),
         stream,
         shared.config.idle_timeout,
         &shared.drain.kill,
-        &bytes.up,
-        &bytes.down,
     )
     .await;
+    // The caller's bytes go up the tunnel; the tunnel's come down to it.
+    shared.metrics.bytes.add(moved.a_to_b, moved.b_to_a);
 }
 
 /// `CONNECT host:port`: a CONNECT stream on the tunnel. The caller gets `200` once the server has connected, or at
@@ -337,14 +336,14 @@ async fn websocket(
         async move {
             match tokio::try_join!(caller, upstream) {
                 Ok((caller, upstream)) => {
-                    splice::relay(
+                    let moved = splice::relay(
                         TokioIo::new(caller),
                         TokioIo::new(upstream),
                         task_shared.config.idle_timeout,
                         &task_shared.drain.kill,
-                        &task_shared.metrics.bytes,
                     )
                     .await;
+                    task_shared.metrics.bytes.add(moved.a_to_b, moved.b_to_a);
                 }
                 Err(err) => debug!(error = %err, "upgrade failed"),
             }
@@ -363,7 +362,7 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
-    plain_http_target(&parts.uri)?;
+    plain_http_target(&parts.uri).map_err(ForwardError::BadRequest)?;
     strip_hop_headers(&mut parts.headers);
     parts.headers.remove(header::HOST);
     // hyper has already answered `Expect: 100-continue` to the caller.

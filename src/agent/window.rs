@@ -24,8 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-use super::keeper::TunnelLost;
-use crate::tunnel::STREAM_WINDOW_BYTES;
+use crate::tunnel::transport::STREAM_WINDOW_BYTES;
 
 /// The largest stream window the agent grants (the tunnel window is twice this): covers 64 MiB in flight, e.g.
 /// 5 Gbit/s at 100 ms.
@@ -37,6 +36,17 @@ pub(crate) const SAMPLE_GAP: Duration = Duration::from_millis(100);
 /// Bytes a PING's round trip may bring without counting as traffic: its own answer and the odd other control frame
 /// (each under 100 bytes on the wire). Windows only matter when megabytes arrive per round trip.
 pub(crate) const CHATTER_BYTES: u64 = 1024;
+
+/// Why an established tunnel ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TunnelLost {
+    #[error("{0}")]
+    Connection(#[source] h2::Error),
+    #[error("no answer to a keep-alive ping in time")]
+    PingTimeout,
+    #[error("cannot write to the server: {0}")]
+    Socket(#[source] io::Error),
+}
 
 /// Bytes read from the tunnel's socket, and a wake-up for the pinger when more than chatter has arrived.
 #[derive(Debug)]

@@ -4,9 +4,9 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use std::pin::Pin;
-
-use crate::metrics::OpenGuard;
 use std::task::{Context, Poll};
+
+use super::OpenGuard;
 
 /// Passes frames through unchanged and adds the length of each data frame to `counter`.
 pub(crate) struct Counted<B> {

@@ -3,46 +3,13 @@
 //! Names follow `fluidity_<role>_<what>_<unit>`; label values are bounded (kinds, outcomes, classes), never a host,
 //! URL or address. Each role owns one registry: there is no global state.
 
+mod body;
+
+pub(crate) use body::Counted;
+
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
-
-/// How often certificate expiry is checked (and warned about) while running.
-const EXPIRY_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-/// Certificates closer than this to expiry are warned about.
-const EXPIRY_WARNING_SECS: i64 = 30 * 24 * 3600;
-
-/// Sets `gauge` to the seconds until `cert` expires and warns when that is under 30 days.
-pub(crate) fn record_cert_expiry(cert: &std::path::Path, gauge: &Gauge, role: &'static str) {
-    if let Ok(seconds) = crate::tls::seconds_to_expiry(cert) {
-        gauge.set(seconds);
-        if seconds < EXPIRY_WARNING_SECS {
-            tracing::warn!(
-                role,
-                days = seconds / 86_400,
-                "certificate expires within 30 days"
-            );
-        }
-    }
-}
-
-/// Re-checks certificate expiry once a day until the role starts draining.
-pub(crate) fn watch_cert_expiry(
-    drain: &crate::shutdown::Drain,
-    cert: std::path::PathBuf,
-    gauge: Gauge,
-    role: &'static str,
-) {
-    let stop = drain.graceful.clone();
-    drain.tasks.spawn(async move {
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(EXPIRY_CHECK_INTERVAL) => record_cert_expiry(&cert, &gauge, role),
-            }
-        }
-    });
-}
 
 /// What a stream carries.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -91,6 +58,14 @@ pub(crate) struct RequestLabel {
 pub(crate) struct ByteCounters {
     pub(crate) up: Counter,
     pub(crate) down: Counter,
+}
+
+impl ByteCounters {
+    /// Adds what a relay moved: `up` bytes from caller to target, `down` from target to caller.
+    pub(crate) fn add(&self, up: u64, down: u64) {
+        self.up.inc_by(up);
+        self.down.inc_by(down);
+    }
 }
 
 fn byte_counters(family: &Family<DirectionLabel, Counter>) -> ByteCounters {

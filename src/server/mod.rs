@@ -6,12 +6,11 @@
 
 mod dial;
 mod guard;
-mod origin;
 pub(crate) mod policy;
 mod service;
+mod target_pool;
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,17 +24,15 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::ServerConfig;
 use crate::error::BoxError;
-use crate::metrics::{ServerMetrics, record_cert_expiry, watch_cert_expiry};
+use crate::expiry;
+use crate::metrics::ServerMetrics;
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
-use crate::tunnel::{
-    CONNECTION_WINDOW_BYTES, MAX_FRAME_BYTES, MAX_HEADER_BYTES, RESET_STREAMS_REMEMBERED,
-    STREAM_WINDOW_BYTES, buffer_tls_writes, buffered, cork,
-};
+use crate::tunnel::transport;
 use dial::Dialer;
 use guard::HandshakeGuard;
-use origin::Origins;
 use policy::TargetPolicy;
+use target_pool::TargetPool;
 
 /// Pause after a failed `accept()` (out of descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -46,7 +43,7 @@ pub(crate) struct Shared {
     acceptor: RwLock<TlsAcceptor>,
     metrics: ServerMetrics,
     dialer: Arc<Dialer>,
-    origins: Arc<Origins>,
+    targets: Arc<TargetPool>,
     limiter: Option<DefaultKeyedRateLimiter<Arc<str>>>,
     handshakes: HandshakeGuard,
     /// Established agent tunnels, so a reload can close those whose certificate was revoked.
@@ -83,7 +80,7 @@ impl ServerReload {
             Ok(mut guard) => *guard = acceptor,
             Err(poisoned) => *poisoned.into_inner() = acceptor,
         }
-        record_cert_expiry(
+        expiry::record(
             &config.tls.cert_file,
             &self.0.metrics.cert_expiry_seconds,
             "server",
@@ -132,13 +129,14 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on health_addr {}", config.health_addr))?;
         let dialer = Arc::new(Dialer::new(policy, config.connect_timeout));
-        let origins = Arc::new(Origins::new(dialer.clone()));
+        let drain = Drain::default();
+        let targets = Arc::new(TargetPool::new(dialer.clone(), drain.clone()));
         let limiter = NonZeroU32::new(config.rate_limit_per_agent).map(|rate| {
             let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
         let metrics = ServerMetrics::new();
-        record_cert_expiry(
+        expiry::record(
             &config.tls.cert_file,
             &metrics.cert_expiry_seconds,
             "server",
@@ -150,11 +148,11 @@ impl Server {
                 acceptor: RwLock::new(TlsAcceptor::from(tls_config)),
                 metrics,
                 dialer,
-                origins,
+                targets,
                 limiter,
                 handshakes: HandshakeGuard::default(),
                 live: Mutex::new(HashMap::new()),
-                drain: Drain::default(),
+                drain,
                 config,
             }),
         })
@@ -200,10 +198,8 @@ impl Server {
             move |req| service::admin(&admin_shared, req),
             drain.clone(),
         ));
-        drain
-            .tasks
-            .spawn(shared.origins.clone().sweep(drain.graceful.clone()));
-        watch_cert_expiry(
+        drain.tasks.spawn(shared.targets.clone().sweep());
+        expiry::watch(
             &shared.drain,
             shared.config.tls.cert_file.clone(),
             shared.metrics.cert_expiry_seconds.clone(),
@@ -259,17 +255,16 @@ impl Server {
 
 /// One agent connection: TLS handshake (bounded in time), then HTTP/2 until the agent leaves or shutdown.
 async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id: u64) {
-    let _ = tcp.set_nodelay(true);
     let acceptor = match shared.acceptor.read() {
         Ok(guard) => guard.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
-    let (read, outbox) = cork::split(tcp);
+    let (socket, writes) = transport::socket(tcp, |read| read);
     let handshake = tokio::time::timeout(
         shared.config.tls_handshake_timeout,
-        acceptor.accept(cork::Socket::new(buffered(read), outbox.clone())),
+        transport::accept_tls(&acceptor, socket),
     );
-    let mut stream = match handshake.await {
+    let stream = match handshake.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
             shared.metrics.handshake_failures.inc();
@@ -291,7 +286,6 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
         warn!(%peer, reason = "no h2 in ALPN", "agent refused: handshake failed");
         return;
     }
-    buffer_tls_writes(stream.get_mut().1);
     let serial = stream
         .get_ref()
         .1
@@ -316,7 +310,14 @@ async fn serve_agent(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, id:
     info!(%peer, cn = %agent, "agent connected");
     shared.metrics.agent_connections.inc();
 
-    let result = cork::corked(serve_streams(shared, &agent, stream, &close), outbox).await;
+    // The connection's writes are gathered while it runs, and sent each time it yields.
+    let result = match writes
+        .gather_while(serve_streams(shared, &agent, stream, &close))
+        .await
+    {
+        Ok(ended) => ended,
+        Err(err) => Err(err.into()),
+    };
     shared.metrics.agent_connections.dec();
     shared
         .live
@@ -343,8 +344,8 @@ enum Ended {
     Revoked,
 }
 
-/// Serves the HTTP/2 connection of one tunnel: each stream in a task of its own (on this worker), keep-alive pings,
-/// and on shutdown a GOAWAY and then the streams' grace period.
+/// Serves the HTTP/2 connection of one tunnel: each stream in a task of its own (on this worker, owned by the
+/// tunnel), keep-alive pings, and on shutdown a GOAWAY and then the streams' grace period.
 async fn serve_streams<T>(
     shared: &Arc<Shared>,
     agent: &Arc<str>,
@@ -354,25 +355,21 @@ async fn serve_streams<T>(
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut conn = h2::server::Builder::new()
-        .initial_window_size(STREAM_WINDOW_BYTES)
-        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-        .max_concurrent_streams(shared.config.max_streams_per_agent)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
-        .handshake::<_, Bytes>(io)
-        .await?;
+    let mut conn = transport::h2_server(io, shared.config.max_streams_per_agent).await?;
     let mut pings = conn.ping_pong().ok_or("no ping handle")?;
     let keepalive = keepalive(&mut pings, shared.config.keepalive);
     tokio::pin!(keepalive);
     let drain = &shared.drain;
     let mut draining = false;
+    // The streams' tasks belong to the tunnel: when it ends, whatever of them is left is aborted with it.
+    let mut streams = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => {
-                    tokio::spawn(
+                    // Finished streams are reaped as new ones come, so the set holds about the live ones.
+                    while streams.try_join_next().is_some() {}
+                    streams.spawn(
                         service::handle_stream(shared.clone(), agent.clone(), req, respond)
                             .in_current_span(),
                     );

@@ -16,9 +16,9 @@ use tracing::{Instrument, debug, debug_span, field};
 use super::Shared;
 use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
 use crate::error::{ForwardError, classify_target_error, error_response};
+use crate::metrics::Counted;
 use crate::metrics::StreamKind;
 use crate::tunnel::authority::target_of;
-use crate::tunnel::body::Counted;
 use crate::tunnel::headers::strip_hop_headers;
 use crate::tunnel::splice;
 use crate::tunnel::stream::{TunnelBody, TunnelStream, send_body};
@@ -150,31 +150,29 @@ fn relay(
     shared.drain.tasks.spawn(
         async move {
             let task = &task_shared;
-            let bytes = &task.metrics.bytes;
-            // Bytes from the target travel down to the agent; bytes to it came up.
-            splice::relay_tunnel(
+            let moved = splice::relay_tunnel(
                 socket,
                 TunnelStream::open(send, recv),
                 idle,
                 &task.drain.kill,
-                &bytes.down,
-                &bytes.up,
             )
             .await;
+            // Bytes from the target travel down to the agent; bytes to it came up.
+            task.metrics.bytes.add(moved.b_to_a, moved.a_to_b);
             drop(guard);
         }
         .in_current_span(),
     );
 }
 
-/// A plain request: forwarded to the target over HTTP/1.1 on a kept-open connection (`origin`); the response,
+/// A plain request: forwarded to the target over HTTP/1.1 on a kept-open connection (`target_pool`); the response,
 /// redirects included, goes back as it came.
 async fn forward(
     shared: &Arc<Shared>,
     req: Request<RecvStream>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
-    let target = plain_http_target(&parts.uri)?;
+    let target = plain_http_target(&parts.uri).map_err(ForwardError::BadRequest)?;
     strip_hop_headers(&mut parts.headers);
     let host = host_header(&parts.uri).ok_or(ForwardError::BadRequest("URL has no host"))?;
     parts.headers.insert(header::HOST, host);
@@ -185,7 +183,7 @@ async fn forward(
         .map_err(Into::into)
         .boxed();
     let pending = shared
-        .origins
+        .targets
         .send(&target, Request::from_parts(parts, body));
     let response = match shared.config.idle_timeout {
         Some(limit) => tokio::time::timeout(limit, pending)

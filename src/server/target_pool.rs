@@ -1,14 +1,16 @@
-//! Connections to targets for plain requests: HTTP/1.1 over hyper's connection API, kept open after a response and
-//! reused for the next request to the same target.
+//! The pool of connections to targets for plain requests: HTTP/1.1 over hyper's connection API, kept open after a
+//! response and reused for the next request to the same target.
 //!
 //! A connection goes back to the idle list when its response body has been read to the end (at once for a response
 //! without a body); a request takes the newest idle connection that is ready, and dials only when there is none.
 //! The lists are kept per thread: a connection's I/O is driven on the worker thread that opened it, and a stream
-//! on another worker using it would wake that thread and be woken back for every request (measured in bench/: a
-//! third to a half more server CPU per request).
-//! Idle connections are closed after [`IDLE_TIMEOUT`] (swept by [`Origins::sweep`]), beyond
+//! on another worker using it would wake that thread and be woken back for every request, which costs the server
+//! markedly more CPU per request (bench/results/HISTORY.md).
+//! Idle connections are closed after [`IDLE_TIMEOUT`] (swept by [`TargetPool::sweep`]), beyond
 //! [`MAX_IDLE_PER_TARGET`], or when the target closes them. Nothing here spawns a task per request: handing a
-//! connection back is a push onto a list.
+//! connection back is a push onto a list. Each connection's I/O runs in a task of the server's drain: when shutdown
+//! starts, idle connections close and busy ones close after their response; the grace period's end cuts off the
+//! rest.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,30 +20,35 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::dial::Dialer;
 use crate::error::{ForwardError, classify_target_error};
+use crate::shutdown::Drain;
 use crate::tunnel::Body;
 use crate::tunnel::authority::Target;
 
 /// Idle connections to targets are closed after this long.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per target: enough for the parallel requests browsers and load tools keep open to one
-/// host. With 32, 64 callers hammering one origin made the server close and reopen an origin connection for one
-/// request in six (measured with `wrk -c64` in bench/).
+/// host. A smaller list made the server close and reopen target connections under many parallel callers
+/// (bench/results/HISTORY.md).
 pub(crate) const MAX_IDLE_PER_TARGET: usize = 256;
 
 /// The connections to targets of one server, shared by all its agents.
-pub(crate) struct Origins {
+pub(crate) struct TargetPool {
     dialer: Arc<Dialer>,
     /// Idle connections by the thread that drives them, then by target.
     idle: Mutex<HashMap<ThreadId, HashMap<Target, Vec<Idle>>>>,
+    /// Owns the connections' tasks: shutdown waits for them, and cuts them off at the end of the grace period.
+    drain: Drain,
+    /// Shutdown has started: a connection is closed after its response instead of kept.
+    closing: AtomicBool,
 }
 
 struct Idle {
@@ -55,11 +62,13 @@ impl Idle {
     }
 }
 
-impl Origins {
-    pub(crate) fn new(dialer: Arc<Dialer>) -> Self {
+impl TargetPool {
+    pub(crate) fn new(dialer: Arc<Dialer>, drain: Drain) -> Self {
         Self {
             dialer,
             idle: Mutex::new(HashMap::new()),
+            drain,
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -74,7 +83,7 @@ impl Origins {
         self: &Arc<Self>,
         target: &Target,
         mut req: Request<Body>,
-    ) -> Result<Response<OriginBody>, ForwardError> {
+    ) -> Result<Response<PooledBody>, ForwardError> {
         // The thread this request runs on, and so the one that drives the connections it opens or takes.
         let thread = std::thread::current().id();
         while let Some(mut sender) = self.checkout(thread, target) {
@@ -105,9 +114,13 @@ impl Origins {
         let (sender, conn) = http1::handshake(TokioIo::new(socket))
             .await
             .map_err(|err| classify_target_error(&err))?;
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                debug!(error = %err, "target connection ended");
+        let kill = self.drain.kill.clone();
+        self.drain.tasks.spawn(async move {
+            tokio::select! {
+                ended = conn => if let Err(err) = ended {
+                    debug!(error = %err, "target connection ended");
+                },
+                () = kill.cancelled() => {}
             }
         });
         Ok(sender)
@@ -145,20 +158,20 @@ impl Origins {
         target: &Target,
         sender: http1::SendRequest<Body>,
         response: Response<Incoming>,
-    ) -> Response<OriginBody> {
-        let giver = Giver {
-            origins: self.clone(),
+    ) -> Response<PooledBody> {
+        let lease = Lease {
+            pool: self.clone(),
             thread,
             target: target.clone(),
             sender,
         };
-        let giver = if response.body().is_end_stream() {
-            giver.give_back();
+        let lease = if response.body().is_end_stream() {
+            lease.release();
             None
         } else {
-            Some(giver)
+            Some(lease)
         };
-        response.map(|body| OriginBody { body, giver })
+        response.map(|body| PooledBody { body, lease })
     }
 
     fn put(&self, thread: ThreadId, target: Target, sender: http1::SendRequest<Body>) {
@@ -166,6 +179,10 @@ impl Origins {
             return;
         }
         let mut idle = self.idle();
+        // Read under the lock that `sweep` sets it under, so no connection is kept after the idle lists are cleared.
+        if self.closing.load(Ordering::Relaxed) {
+            return;
+        }
         let list = idle.entry(thread).or_default().entry(target).or_default();
         if list.len() >= MAX_IDLE_PER_TARGET {
             // The oldest goes: the newest are the likeliest to be still open at the target.
@@ -178,13 +195,20 @@ impl Origins {
     }
 
     /// Closes idle connections that are past [`IDLE_TIMEOUT`] or closed by their target, every third of the
-    /// timeout, until `stop` is cancelled.
-    pub(crate) async fn sweep(self: Arc<Self>, stop: CancellationToken) {
+    /// timeout, until shutdown starts; then closes every idle connection, and from then on each busy one after its
+    /// response.
+    pub(crate) async fn sweep(self: Arc<Self>) {
+        let stop = self.drain.graceful.clone();
         let mut tick = tokio::time::interval(IDLE_TIMEOUT / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    let mut idle = self.idle();
+                    self.closing.store(true, Ordering::Relaxed);
+                    idle.clear();
+                    return;
+                }
                 _ = tick.tick() => {}
             }
             let now = Instant::now();
@@ -209,29 +233,29 @@ impl Origins {
     }
 }
 
-/// Gives a connection back to its pool.
-struct Giver {
-    origins: Arc<Origins>,
+/// A connection taken from the pool for one exchange, given back when its response has been read.
+struct Lease {
+    pool: Arc<TargetPool>,
     /// The thread the connection's I/O is driven on.
     thread: ThreadId,
     target: Target,
     sender: http1::SendRequest<Body>,
 }
 
-impl Giver {
-    fn give_back(self) {
-        self.origins.put(self.thread, self.target, self.sender);
+impl Lease {
+    fn release(self) {
+        self.pool.put(self.thread, self.target, self.sender);
     }
 }
 
 /// A target's response body; when read to the end, its connection goes back to the idle list. Dropped before
 /// that, the connection is closed with it (HTTP/1.1 cannot abandon a response half read).
-pub(crate) struct OriginBody {
+pub(crate) struct PooledBody {
     body: Incoming,
-    giver: Option<Giver>,
+    lease: Option<Lease>,
 }
 
-impl HttpBody for OriginBody {
+impl HttpBody for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -242,10 +266,10 @@ impl HttpBody for OriginBody {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
         match &frame {
             Some(Ok(_)) if !self.body.is_end_stream() => {}
-            Some(Err(_)) => self.giver = None,
+            Some(Err(_)) => self.lease = None,
             Some(Ok(_)) | None => {
-                if let Some(giver) = self.giver.take() {
-                    giver.give_back();
+                if let Some(lease) = self.lease.take() {
+                    lease.release();
                 }
             }
         }
@@ -270,9 +294,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// An origin that answers every request on a connection with `body`, counting the connections it accepted;
+    /// A target that answers every request on a connection with `body`, counting the connections it accepted;
     /// with `close`, it says `connection: close` and closes after each answer.
-    async fn origin(body: &'static str, close: bool) -> (Target, Arc<AtomicUsize>) {
+    async fn target_server(body: &'static str, close: bool) -> (Target, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let target = Target {
             host: "127.0.0.1".into(),
@@ -318,29 +342,27 @@ mod tests {
             .unwrap()
     }
 
-    /// One request through `origins`, its body read to the end.
-    async fn fetch(origins: &Arc<Origins>, target: &Target) -> Bytes {
-        let response = origins.send(target, request(target)).await.unwrap();
+    /// One request through `pool`, its body read to the end.
+    async fn fetch(pool: &Arc<TargetPool>, target: &Target) -> Bytes {
+        let response = pool.send(target, request(target)).await.unwrap();
         response.into_body().collect().await.unwrap().to_bytes()
     }
 
-    fn origins() -> Arc<Origins> {
+    fn pool() -> Arc<TargetPool> {
         let policy = TargetPolicy::new(true, &[], &[]).unwrap();
-        Arc::new(Origins::new(Arc::new(Dialer::new(
-            policy,
-            Duration::from_secs(5),
-        ))))
+        let dialer = Arc::new(Dialer::new(policy, Duration::from_secs(5)));
+        Arc::new(TargetPool::new(dialer, Drain::default()))
     }
 
     #[tokio::test]
     async fn a_connection_read_to_the_end_is_reused() {
         tokio::time::timeout(Duration::from_secs(10), async {
-            let (target, accepted) = origin("hello", false).await;
-            let origins = origins();
+            let (target, accepted) = target_server("hello", false).await;
+            let pool = pool();
             for _ in 0..3 {
-                assert_eq!(fetch(&origins, &target).await, "hello");
+                assert_eq!(fetch(&pool, &target).await, "hello");
                 // Back in the list once read, and ready for the next request.
-                assert_eq!(origins.idle_count(&target), 1);
+                assert_eq!(pool.idle_count(&target), 1);
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 1);
         })
@@ -351,12 +373,12 @@ mod tests {
     #[tokio::test]
     async fn a_response_dropped_half_read_does_not_come_back() {
         tokio::time::timeout(Duration::from_secs(10), async {
-            let (target, accepted) = origin("hello", false).await;
-            let origins = origins();
-            let response = origins.send(&target, request(&target)).await.unwrap();
+            let (target, accepted) = target_server("hello", false).await;
+            let pool = pool();
+            let response = pool.send(&target, request(&target)).await.unwrap();
             drop(response);
-            assert_eq!(origins.idle_count(&target), 0);
-            assert_eq!(fetch(&origins, &target).await, "hello");
+            assert_eq!(pool.idle_count(&target), 0);
+            assert_eq!(fetch(&pool, &target).await, "hello");
             assert_eq!(accepted.load(Ordering::SeqCst), 2);
         })
         .await
@@ -366,10 +388,10 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_target_closes_is_not_reused() {
         tokio::time::timeout(Duration::from_secs(10), async {
-            let (target, accepted) = origin("bye", true).await;
-            let origins = origins();
+            let (target, accepted) = target_server("bye", true).await;
+            let pool = pool();
             for _ in 0..3 {
-                assert_eq!(fetch(&origins, &target).await, "bye");
+                assert_eq!(fetch(&pool, &target).await, "bye");
             }
             assert_eq!(accepted.load(Ordering::SeqCst), 3);
         })
@@ -381,11 +403,11 @@ mod tests {
     /// only the first thread drives (here it is parked, so a shared connection would never answer).
     #[test]
     fn a_connection_stays_with_the_thread_that_drives_it() {
-        let origin_runtime = tokio::runtime::Runtime::new().unwrap();
-        let (target, accepted) = origin_runtime.block_on(origin("hi", false));
-        let origins = origins();
+        let target_runtime = tokio::runtime::Runtime::new().unwrap();
+        let (target, accepted) = target_runtime.block_on(target_server("hi", false));
+        let pool = pool();
         let worker = || {
-            let (origins, target) = (origins.clone(), target.clone());
+            let (pool, target) = (pool.clone(), target.clone());
             let (done, finished) = std::sync::mpsc::channel();
             let (release, released) = std::sync::mpsc::channel::<()>();
             let thread = std::thread::spawn(move || {
@@ -396,7 +418,7 @@ mod tests {
                 runtime.block_on(async {
                     tokio::time::timeout(Duration::from_secs(5), async {
                         for _ in 0..2 {
-                            assert_eq!(fetch(&origins, &target).await, "hi");
+                            assert_eq!(fetch(&pool, &target).await, "hi");
                         }
                     })
                     .await
@@ -410,7 +432,7 @@ mod tests {
         };
         let (first, first_finished, release_first) = worker();
         first_finished.recv().unwrap();
-        assert_eq!(origins.idle_count(&target), 1);
+        assert_eq!(pool.idle_count(&target), 1);
         let (second, second_finished, release_second) = worker();
         let second_result = second_finished.recv();
         drop((release_first, release_second));

@@ -3,11 +3,14 @@
 //!
 //! h2 writes a DATA frame larger than 256 bytes straight from its payload and flushes before it takes the next
 //! frame, and tokio-rustls sends each flush's records to the socket at once. So when a burst of responses comes
-//! back from targets, each 1 KiB answer used to cost a TLS record, a `writev` and a wake-up of the peer of its
-//! own. [`corked`] runs the connection's task with the socket's writes held in an [`Outbox`], and sends them
+//! back from targets, each small answer would cost a TLS record, a `writev` and a wake-up of the peer of its own.
+//! [`GatheredWrites::gather_while`] runs the connection's task with the socket's writes held, and sends them
 //! together when the task yields; a write too large to hold (bulk data) goes straight through, after what is held.
+//! A send that fails ends the task at once with the error, so an idle tunnel learns of a dead socket without
+//! waiting for its next write.
 //!
-//! Reads are untouched, and a socket that is not running under [`corked`] (the TLS handshake) writes through.
+//! Reads are untouched, and writes made outside [`GatheredWrites::gather_while`] (the TLS handshake) go straight
+//! through.
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -26,49 +29,72 @@ const HOLD_BYTES: usize = 64 * 1024;
 const HOLD_WRITE_BYTES: usize = 16 * 1024;
 
 /// The tunnel's socket: reads from `R` (the socket's read half, buffered and perhaps metered), writes through the
-/// shared [`Outbox`].
+/// shared [`GatheredWrites`].
 pub(crate) struct Socket<R> {
     read: R,
-    outbox: Outbox,
+    writes: GatheredWrites,
 }
 
 /// The write half of a tunnel's socket and the bytes held for it.
 #[derive(Clone)]
-pub(crate) struct Outbox(Arc<Mutex<Held>>);
+pub(crate) struct GatheredWrites(Arc<Mutex<Held>>);
 
 struct Held {
-    /// Writes are held (the connection's task is running under [`corked`]).
+    /// Writes are held (the connection's task is running under [`GatheredWrites::gather_while`]).
     holding: bool,
     bytes: Vec<u8>,
     /// Where the held bytes have been sent up to.
     sent: usize,
-    /// A send of held bytes that failed after their writer was told they were written; reported on the next write.
-    failed: Option<io::Error>,
     half: OwnedWriteHalf,
 }
 
-/// Splits `tcp` into its read half, for the caller to wrap, and the [`Outbox`] its writes go through.
-pub(crate) fn split(tcp: TcpStream) -> (OwnedReadHalf, Outbox) {
+/// Splits `tcp` into its read half, for the caller to wrap, and the [`GatheredWrites`] its writes go through.
+pub(crate) fn split(tcp: TcpStream) -> (OwnedReadHalf, GatheredWrites) {
     let (read, half) = tcp.into_split();
     let held = Held {
         holding: false,
         bytes: Vec::new(),
         sent: 0,
-        failed: None,
         half,
     };
-    (read, Outbox(Arc::new(Mutex::new(held))))
+    (read, GatheredWrites(Arc::new(Mutex::new(held))))
 }
 
 impl<R> Socket<R> {
-    pub(crate) fn new(read: R, outbox: Outbox) -> Self {
-        Self { read, outbox }
+    pub(crate) fn new(read: R, writes: GatheredWrites) -> Self {
+        Self { read, writes }
     }
 }
 
-impl Outbox {
+impl GatheredWrites {
     fn lock(&self) -> MutexGuard<'_, Held> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `task` (the future that drives a tunnel's HTTP/2 connection) with the socket's writes held, and sends
+    /// them each time it yields.
+    ///
+    /// # Errors
+    /// A send that fails while `task` waits ends it at once (the task is dropped) with the socket's error. When
+    /// `task` ends by itself its output is returned, and what is still held is sent only as far as the socket takes
+    /// it at once: a connection that closes cleanly has already sent everything, as h2 shuts the socket down
+    /// (which sends what is held) when it ends.
+    pub(crate) async fn gather_while<F: Future>(&self, task: F) -> io::Result<F::Output> {
+        let mut task = std::pin::pin!(task);
+        std::future::poll_fn(|cx| {
+            self.lock().holding = true;
+            let polled = task.as_mut().poll(cx);
+            let mut held = self.lock();
+            held.holding = false;
+            // Pending: the socket wakes this task when it takes more, and the send resumes on that poll.
+            let sent = held.poll_send(cx);
+            match (polled, sent) {
+                (Poll::Ready(output), _) => Poll::Ready(Ok(output)),
+                (Poll::Pending, Poll::Ready(Err(err))) => Poll::Ready(Err(err)),
+                (Poll::Pending, _) => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 
@@ -87,19 +113,11 @@ impl Held {
         Poll::Ready(Ok(()))
     }
 
-    fn take_failure(&mut self) -> io::Result<()> {
-        match self.failed.take() {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
-    }
-
     fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.take_failure()?;
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         if self.holding
             && len <= HOLD_WRITE_BYTES
@@ -135,7 +153,7 @@ impl<R: Unpin> AsyncWrite for Socket<R> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.outbox.lock().poll_write(cx, &[IoSlice::new(buf)])
+        self.writes.lock().poll_write(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -143,17 +161,16 @@ impl<R: Unpin> AsyncWrite for Socket<R> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.outbox.lock().poll_write(cx, bufs)
+        self.writes.lock().poll_write(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         true
     }
 
-    /// While held, a flush leaves the bytes for [`corked`] to send when the task yields.
+    /// While held, a flush leaves the bytes for [`GatheredWrites::gather_while`] to send when the task yields.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut held = self.outbox.lock();
-        held.take_failure()?;
+        let mut held = self.writes.lock();
         if held.holding {
             return Poll::Ready(Ok(()));
         }
@@ -162,36 +179,10 @@ impl<R: Unpin> AsyncWrite for Socket<R> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut held = self.outbox.lock();
-        held.take_failure()?;
+        let mut held = self.writes.lock();
         ready!(held.poll_send(cx))?;
         Pin::new(&mut held.half).poll_shutdown(cx)
     }
-}
-
-/// Runs `task` (the future that drives a tunnel's HTTP/2 connection) with the writes to `outbox` held, and sends
-/// them each time it yields.
-///
-/// When `task` ends, what is still held is sent only as far as the socket takes it at once: a connection that
-/// closes cleanly has already sent everything, as h2 shuts the socket down (which sends what is held) when it ends.
-pub(crate) async fn corked<F: Future>(task: F, outbox: Outbox) -> F::Output {
-    let mut task = std::pin::pin!(task);
-    std::future::poll_fn(|cx| {
-        outbox.lock().holding = true;
-        let polled = task.as_mut().poll(cx);
-        let mut held = outbox.lock();
-        held.holding = false;
-        // Pending: the socket wakes this task when it takes more, and the send resumes on that poll.
-        if let Poll::Ready(Err(err)) = held.poll_send(cx) {
-            // The connection learns of it on its next write; wake it so that comes soon.
-            held.bytes.clear();
-            held.sent = 0;
-            held.failed = Some(err);
-            cx.waker().wake_by_ref();
-        }
-        polled
-    })
-    .await
 }
 
 #[cfg(test)]
@@ -201,13 +192,13 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
-    /// A connected pair on loopback: the corked socket (reads unbuffered) and its plain peer.
-    async fn pair() -> (Socket<OwnedReadHalf>, Outbox, TcpStream) {
+    /// A connected pair on loopback: the gathering socket (reads unbuffered) and its plain peer.
+    async fn pair() -> (Socket<OwnedReadHalf>, GatheredWrites, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (near, far) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (read, outbox) = split(near.unwrap());
-        (Socket::new(read, outbox.clone()), outbox, far.unwrap().0)
+        let (read, writes) = split(near.unwrap());
+        (Socket::new(read, writes.clone()), writes, far.unwrap().0)
     }
 
     /// True when bytes are waiting on `peer` (loopback delivers within the `write` call that sent them).
@@ -230,7 +221,7 @@ mod tests {
     #[tokio::test]
     async fn writes_and_flushes_inside_the_task_reach_the_peer_together_when_it_yields() {
         tokio::time::timeout(Duration::from_secs(10), async {
-            let (mut socket, outbox, mut peer) = pair().await;
+            let (mut socket, writes, mut peer) = pair().await;
             let task = async {
                 for frame in [b"one ".as_slice(), b"two ", b"three"] {
                     socket.write_all(frame).await.unwrap();
@@ -249,7 +240,7 @@ mod tests {
                 socket.write_all(b" four").await.unwrap();
                 socket
             };
-            let mut socket = corked(task, outbox).await;
+            let mut socket = writes.gather_while(task).await.unwrap();
             let expected = b"one two three four";
             assert_eq!(read_exactly(&mut peer, expected.len()).await, expected);
             // Outside the task, writes go straight out (the TLS handshake runs so).
@@ -263,7 +254,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_too_large_to_hold_goes_out_after_what_is_held_in_order() {
         tokio::time::timeout(Duration::from_secs(10), async {
-            let (mut socket, outbox, mut peer) = pair().await;
+            let (mut socket, writes, mut peer) = pair().await;
             let large: Vec<u8> = (0..3 * HOLD_BYTES).map(|i| (i % 251) as u8).collect();
             let expected = [b"head".as_slice(), &large, b"tail"].concat();
             let reader =
@@ -276,7 +267,7 @@ mod tests {
                 socket.write_all(b"tail").await.unwrap();
                 socket.flush().await.unwrap();
             };
-            corked(task, outbox).await;
+            writes.gather_while(task).await.unwrap();
             assert!(
                 reader.await.unwrap(),
                 "bytes arrived out of order or changed"
@@ -289,10 +280,10 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_does_not_read_stops_the_writer_without_holding_more_than_the_limit() {
         tokio::time::timeout(Duration::from_secs(10), async {
-            let (mut socket, outbox, mut peer) = pair().await;
+            let (mut socket, writes, mut peer) = pair().await;
             let chunk = [7u8; 1000];
-            let written = corked(
-                std::future::poll_fn(|cx| {
+            let written = writes
+                .gather_while(std::future::poll_fn(|cx| {
                     let mut written = 0usize;
                     loop {
                         match Pin::new(&mut socket).poll_write(cx, &chunk) {
@@ -301,20 +292,19 @@ mod tests {
                             // The socket is full: the writer is told to wait.
                             Poll::Pending => return Poll::Ready(written),
                         }
-                        assert!(outbox.lock().bytes.len() <= HOLD_BYTES);
+                        assert!(writes.lock().bytes.len() <= HOLD_BYTES);
                     }
-                }),
-                outbox.clone(),
-            )
-            .await;
+                }))
+                .await
+                .unwrap();
             assert!(
                 written > HOLD_BYTES,
                 "only {written} bytes taken before the socket filled"
             );
             // Once the peer reads, everything the writer was told was written arrives, and nothing more.
-            let outbox_task = outbox.clone();
+            let writes_task = writes.clone();
             let drained = tokio::spawn(async move {
-                std::future::poll_fn(|cx| outbox_task.lock().poll_send(cx)).await
+                std::future::poll_fn(|cx| writes_task.lock().poll_send(cx)).await
             });
             let got = read_exactly(&mut peer, written).await;
             assert!(got.iter().all(|&b| b == 7));
@@ -326,27 +316,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_send_that_fails_after_the_task_yielded_is_reported_on_the_next_write() {
+    async fn a_send_that_fails_while_the_task_waits_ends_it_at_once() {
         tokio::time::timeout(Duration::from_secs(10), async {
-            let (mut socket, outbox, peer) = pair().await;
-            // A reset connection: the peer closes with unread bytes, so it answers the next segment with RST.
+            let (mut socket, writes, peer) = pair().await;
+            // A reset connection: the peer closes with unread bytes, so it answers with RST, after which every
+            // send on the socket fails.
             socket.write_all(b"unread").await.unwrap();
-            tokio::task::yield_now().await;
             drop(peer);
-            // Inside the task every write is held, so only the failure of an earlier send can fail one.
-            let mut failed = None;
-            for _ in 0..100 {
-                let task = async { socket.write_all(b"more").await };
-                if let Err(err) = corked(task, outbox.clone()).await {
-                    failed = Some(err);
+            let mut direct_failed = false;
+            for _ in 0..1000 {
+                if socket.write_all(b"x").await.is_err() {
+                    direct_failed = true;
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::task::yield_now().await;
             }
             assert!(
-                failed.is_some(),
+                direct_failed,
                 "writes to a reset connection kept succeeding"
             );
+            // A task that writes once and then waits for ever (an idle tunnel): the held bytes' send fails, and
+            // that ends the task now rather than at a next write that never comes.
+            let task = async {
+                socket.write_all(b"held").await.unwrap();
+                std::future::pending::<()>().await;
+            };
+            assert!(writes.gather_while(task).await.is_err());
         })
         .await
         .unwrap();

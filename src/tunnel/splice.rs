@@ -13,7 +13,6 @@ use tokio::time::Instant;
 use super::COPY_BUFFER_BYTES;
 use super::stream::{TunnelReader, TunnelStream, TunnelWriter};
 use bytes::{Buf, Bytes};
-use prometheus_client::metrics::counter::Counter;
 
 /// Bytes moved by a splice, counted as they move (so they are known even when the splice ends in an error).
 #[derive(Debug, Default)]
@@ -289,15 +288,24 @@ async fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     .await
 }
 
-/// Splices `a` (the caller side) and `b` (the target side) until they finish, go idle for `idle`, or `kill` fires;
-/// adds the bytes moved to `bytes` (`up`: a → b) and logs how the stream ended at debug.
+/// The bytes a relay moved each way, for the caller to count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Relayed {
+    /// Read from `a` and written to `b`.
+    pub(crate) a_to_b: u64,
+    /// Read from `b` and written to `a`.
+    pub(crate) b_to_a: u64,
+}
+
+/// Splices `a` and `b` until they finish, go idle for `idle`, or `kill` fires; logs how the stream ended at debug
+/// and returns the bytes moved (also when it ended in an error).
 pub(crate) async fn relay<A, B>(
     a: A,
     b: B,
     idle: Option<Duration>,
     kill: &tokio_util::sync::CancellationToken,
-    bytes: &crate::metrics::ByteCounters,
-) where
+) -> Relayed
+where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
@@ -306,19 +314,17 @@ pub(crate) async fn relay<A, B>(
         result = splice(a, b, idle, &moved) => result,
         () = kill.cancelled() => Ok(()),
     };
-    report(&moved, &bytes.up, &bytes.down, result);
+    report(&moved, result)
 }
 
-/// [`relay`] between a byte stream `a` and a tunnel stream, through [`splice_tunnel`]. `from_a` counts the bytes
-/// read from `a`, `to_a` those written to it.
+/// [`relay`] between a byte stream `a` and a tunnel stream (`b`), through [`splice_tunnel`].
 pub(crate) async fn relay_tunnel<A>(
     a: A,
     tunnel: TunnelStream,
     idle: Option<Duration>,
     kill: &tokio_util::sync::CancellationToken,
-    from_a: &Counter,
-    to_a: &Counter,
-) where
+) -> Relayed
+where
     A: AsyncRead + AsyncWrite + Unpin,
 {
     let moved = Moved::default();
@@ -326,16 +332,18 @@ pub(crate) async fn relay_tunnel<A>(
         result = splice_tunnel(a, tunnel, idle, &moved) => result,
         () = kill.cancelled() => Ok(()),
     };
-    report(&moved, from_a, to_a, result);
+    report(&moved, result)
 }
 
-/// Adds what a splice moved to the counters and logs how it ended, at debug.
-fn report(moved: &Moved, a_to_b: &Counter, b_to_a: &Counter, result: io::Result<()>) {
-    a_to_b.inc_by(moved.a_to_b.load(Ordering::Relaxed));
-    b_to_a.inc_by(moved.b_to_a.load(Ordering::Relaxed));
+/// Logs how a splice ended, at debug, and what it moved.
+fn report(moved: &Moved, result: io::Result<()>) -> Relayed {
     match result {
         Ok(()) => tracing::debug!("stream closed"),
         Err(err) => tracing::debug!(error = %err, "stream ended"),
+    }
+    Relayed {
+        a_to_b: moved.a_to_b.load(Ordering::Relaxed),
+        b_to_a: moved.b_to_a.load(Ordering::Relaxed),
     }
 }
 

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::error::BoxError;
+use super::BoxError;
 
 /// Converts an h2 error into an I/O error, keeping it as the source.
 fn h2_to_io(err: h2::Error) -> io::Error {
