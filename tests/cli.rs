@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{self, Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,6 +16,16 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+// Only the port helpers of the in-process harness: this file has a harness of its own for the binary.
+#[path = "common/ports.rs"]
+#[allow(
+    unreachable_pub,
+    reason = "`pub` for the harness that re-exports it; private to this test crate"
+)]
+mod ports;
+
+use ports::{ReservedPort, closed_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fluidity");
 /// How often a condition is re-checked.
@@ -52,6 +62,8 @@ struct Proc {
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
+    /// The ports the child was told to listen on, kept this test's until the child is gone.
+    ports: Vec<ReservedPort>,
 }
 
 /// How a finished child ended and what it wrote.
@@ -94,7 +106,14 @@ impl Proc {
             stdout,
             stderr,
             readers,
+            ports: Vec::new(),
         }
+    }
+
+    /// Keeps `ports` reserved for as long as the child lives.
+    fn holding(mut self, ports: impl IntoIterator<Item = ReservedPort>) -> Self {
+        self.ports.extend(ports);
+        self
     }
 
     fn stdout(&self) -> String {
@@ -200,15 +219,6 @@ impl Drop for Proc {
 /// Runs a command that is expected to finish on its own.
 fn run(cmd: &mut Command) -> Finished {
     Proc::spawn(cmd).wait_exit(COMMAND_TIMEOUT)
-}
-
-/// A loopback port that was free a moment ago (the binary needs a number; a small race is accepted).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .expect("bind a free port")
-        .local_addr()
-        .expect("bound address")
-        .port()
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -585,11 +595,11 @@ async fn spawn_origin() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Str
 /// `fluidity server` on a free loopback port with the certificates in `certs` and `extra` arguments; returns once
 /// its `/healthz` answers, with the tunnel port and the health address.
 fn start_server(tmp: &Path, certs: &Path, extra: &[&str]) -> (Proc, u16, SocketAddr) {
-    let tunnel_port = free_port();
-    let health = loopback(free_port());
+    let (tunnel, health) = (ReservedPort::new(), ReservedPort::new());
+    let (tunnel_port, health_addr) = (tunnel.port(), health.addr());
     let mut server = Proc::spawn(
         fluidity(tmp)
-            .env("FLUIDITY_HEALTH_ADDR", health.to_string())
+            .env("FLUIDITY_HEALTH_ADDR", health_addr.to_string())
             .args(["server", "--listen-addr", "127.0.0.1", "--listen-port"])
             .arg(tunnel_port.to_string())
             .arg("--cert-file")
@@ -599,15 +609,17 @@ fn start_server(tmp: &Path, certs: &Path, extra: &[&str]) -> (Proc, u16, SocketA
             .arg("--ca-cert-file")
             .arg(certs.join("ca.crt"))
             .args(extra),
-    );
-    server.wait_for_status(health, "/healthz", 200);
-    (server, tunnel_port, health)
+    )
+    .holding([tunnel, health]);
+    server.wait_for_status(health_addr, "/healthz", 200);
+    (server, tunnel_port, health_addr)
 }
 
 /// `fluidity agent` on a free loopback port towards `tunnel_port`; returns once its tunnel is up, with the proxy
 /// address.
 fn start_agent(tmp: &Path, certs: &Path, tunnel_port: u16, extra: &[&str]) -> (Proc, SocketAddr) {
-    let proxy = loopback(free_port());
+    let proxy_port = ReservedPort::new();
+    let proxy = proxy_port.addr();
     let mut agent = Proc::spawn(
         fluidity(tmp)
             .args([
@@ -628,7 +640,8 @@ fn start_agent(tmp: &Path, certs: &Path, tunnel_port: u16, extra: &[&str]) -> (P
             .arg("--ca-cert-file")
             .arg(certs.join("ca.crt"))
             .args(extra),
-    );
+    )
+    .holding([proxy_port]);
     agent.wait_for_status(proxy, "/healthz", 200);
     (agent, proxy)
 }
@@ -682,8 +695,8 @@ async fn server_and_an_agent_with_two_tunnels_relay_a_request_and_exit_0_on_sigt
 // Configuration through the binary
 // ---------------------------------------------------------------------------------------------------------------
 
-/// An agent.yaml next to `certs/` with relative certificate paths, pointing at a server port nobody listens on.
-fn write_agent_yaml(dir: &Path, local_proxy_port: u16) -> PathBuf {
+/// An agent.yaml next to `certs/` with relative certificate paths, pointing at `server`, a port nobody listens on.
+fn write_agent_yaml(dir: &Path, local_proxy_port: u16, server: SocketAddr) -> PathBuf {
     let config = dir.join("agent.yaml");
     write_file(
         &config,
@@ -695,7 +708,7 @@ fn write_agent_yaml(dir: &Path, local_proxy_port: u16) -> PathBuf {
              cert_file: certs/client.crt\n\
              key_file: certs/client.key\n\
              ca_cert_file: certs/ca.crt\n",
-            free_port()
+            server.port()
         ),
     );
     config
@@ -705,8 +718,14 @@ fn write_agent_yaml(dir: &Path, local_proxy_port: u16) -> PathBuf {
 fn local_proxy_port_flag_beats_env_and_yaml() {
     let tmp = TempDir::new().unwrap();
     certs_init(tmp.path());
-    let (yaml_port, env_port, flag_port) = (free_port(), free_port(), free_port());
-    let config = write_agent_yaml(tmp.path(), yaml_port);
+    let (yaml, env, flag) = (
+        ReservedPort::new(),
+        ReservedPort::new(),
+        ReservedPort::new(),
+    );
+    let (yaml_port, env_port, flag_port) = (yaml.port(), env.port(), flag.port());
+    let no_server = closed_port();
+    let config = write_agent_yaml(tmp.path(), yaml_port, no_server.addr);
     let mut agent = Proc::spawn(
         fluidity(tmp.path())
             .env("FLUIDITY_LOCAL_PROXY_PORT", env_port.to_string())
@@ -725,8 +744,10 @@ fn local_proxy_port_flag_beats_env_and_yaml() {
 fn local_proxy_port_env_beats_yaml() {
     let tmp = TempDir::new().unwrap();
     certs_init(tmp.path());
-    let (yaml_port, env_port) = (free_port(), free_port());
-    let config = write_agent_yaml(tmp.path(), yaml_port);
+    let (yaml, env) = (ReservedPort::new(), ReservedPort::new());
+    let (yaml_port, env_port) = (yaml.port(), env.port());
+    let no_server = closed_port();
+    let config = write_agent_yaml(tmp.path(), yaml_port, no_server.addr);
     let mut agent = Proc::spawn(
         fluidity(tmp.path())
             .env("FLUIDITY_LOCAL_PROXY_PORT", env_port.to_string())
@@ -741,7 +762,8 @@ fn local_proxy_port_env_beats_yaml() {
 fn agent_save_writes_the_flag_into_the_yaml_keeping_other_keys_in_order() {
     let tmp = TempDir::new().unwrap();
     certs_init(tmp.path());
-    let proxy_port = free_port();
+    let proxy = ReservedPort::new();
+    let proxy_port = proxy.port();
     let config = tmp.path().join("agent.yaml");
     let original = format!(
         "server_ip: 127.0.0.1\n\
@@ -772,7 +794,8 @@ fn agent_save_writes_the_flag_into_the_yaml_keeping_other_keys_in_order() {
 fn up_prints_the_proxy_address_writes_certs_serves_healthz_and_exits_0_on_sigint() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("state");
-    let port = free_port();
+    let reserved = ReservedPort::new();
+    let port = reserved.port();
     let mut up = Proc::spawn(
         fluidity(tmp.path())
             .args(["up", "--port", &port.to_string(), "--dir"])

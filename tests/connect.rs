@@ -86,7 +86,7 @@ async fn connect_failures_answer_502_and_504_with_a_reason() {
             |_| {},
         )
         .await;
-        let closed = closed_port().await;
+        let closed = closed_port();
         let response = raw_request(
             t.agent.addr,
             format!("CONNECT {closed} HTTP/1.1\r\nHost: {closed}\r\nConnection: close\r\n\r\n")
@@ -157,7 +157,7 @@ async fn fast_connect_answers_at_once_and_closes_the_caller_when_the_target_fail
         stream.read_to_end(&mut back).await.unwrap();
         assert_eq!(back, b"early bytesEOF");
 
-        let closed = closed_port().await;
+        let closed = closed_port();
         let mut stream = connect_through(t.agent.addr, &closed.to_string()).await;
         let mut buf = [0u8; 16];
         let n = stream.read(&mut buf).await.unwrap_or(0);

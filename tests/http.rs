@@ -308,7 +308,7 @@ async fn malformed_requests_get_4xx_and_the_agent_keeps_serving() {
 async fn unreachable_targets_get_502_with_a_reason() {
     within(20, async {
         let t = tunnel().await;
-        let closed = closed_port().await;
+        let closed = closed_port();
         let (status, body) = get(t.agent.addr, &format!("http://{closed}/")).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert!(

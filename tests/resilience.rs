@@ -17,9 +17,12 @@ use std::time::Duration;
 async fn tunnel_loss_answers_503_and_502_then_recovers_when_the_server_returns() {
     within(40, async {
         let pki = TestPki::new();
-        let server = spawn_server(server_config(&pki)).await;
-        let server_addr = server.addr;
-        let agent = spawn_agent(agent_config(&pki, server_addr)).await;
+        // The server comes back on the same port: the port stays this test's while no server listens on it.
+        let port = ReservedPort::new();
+        let mut config = server_config(&pki);
+        config.listen = port.addr();
+        let server = spawn_server(config.clone()).await;
+        let agent = spawn_agent(agent_config(&pki, port.addr())).await;
         agent.wait_up().await;
         let origin = spawn_origin().await;
         let url = format!("http://{}/echo", origin.addr);
@@ -38,8 +41,6 @@ async fn tunnel_loss_answers_503_and_502_then_recovers_when_the_server_returns()
             "{body:?}"
         );
 
-        let mut config = server_config(&pki);
-        config.listen = server_addr;
         let _server = spawn_server(config).await;
         agent.wait_up().await;
         assert_eq!(get(agent.addr, &url).await.0, StatusCode::OK);
@@ -273,9 +274,12 @@ async fn an_origin_reset_mid_body_reaches_the_caller_as_an_error() {
 async fn a_hundred_busy_streams_survive_a_server_restart_with_an_answer_or_502() {
     within(60, async {
         let pki = TestPki::new();
-        let server = spawn_server(server_config(&pki)).await;
-        let server_addr = server.addr;
-        let relay = Relay::start(server_addr).await;
+        // The restarted server takes the same port: the port stays this test's while no server listens on it.
+        let port = ReservedPort::new();
+        let mut config = server_config(&pki);
+        config.listen = port.addr();
+        let server = spawn_server(config.clone()).await;
+        let relay = Relay::start(port.addr()).await;
         let agent = spawn_agent(agent_config(&pki, relay.addr)).await;
         agent.wait_up().await;
         let origin = spawn_origin().await;
@@ -316,10 +320,8 @@ async fn a_hundred_busy_streams_survive_a_server_restart_with_an_answer_or_502()
         // The server process dies (its connections drop at once) and a new one starts on the same port.
         relay.cut();
         drop(server);
-        let mut config = server_config(&pki);
-        config.listen = server_addr;
         let _restarted = loop {
-            // The old listener may take a moment to close.
+            // The old listener closes when its task sees the cancellation; until then the port is in use.
             match fluidity::Server::bind(config.clone()).await {
                 Ok(bound) => {
                     let token = tokio_util::sync::CancellationToken::new();

@@ -3,7 +3,8 @@
 //!
 //! - [`pki`]: a fresh CA per test, certificates and TLS configs;
 //! - [`roles`]: the server and the agent in this process, on `127.0.0.1:0`, and the admin probes;
-//! - [`targets`]: local targets (HTTP and HTTPS origin, TCP echo, WebSocket echo, a closed port);
+//! - [`targets`]: local targets (HTTP and HTTPS origin, TCP echo, WebSocket echo);
+//! - [`ports`]: port numbers held without a listener: a closed port, a port kept across a restart;
 //! - [`relays`]: TCP relays that break or slow the link between agent and server;
 //! - [`client`]: callers of the agent (raw byte scripts, CONNECT, a hyper proxy client);
 //! - [`bodies`]: fixed, channel-fed and pattern bodies;
@@ -23,6 +24,7 @@ pub mod bodies;
 pub mod client;
 pub mod memory;
 pub mod pki;
+pub mod ports;
 pub mod relays;
 pub mod roles;
 pub mod targets;
@@ -36,6 +38,8 @@ pub use client::*;
 pub use memory::*;
 #[allow(unused_imports, reason = "a test crate may use nothing of this module")]
 pub use pki::*;
+#[allow(unused_imports, reason = "a test crate may use nothing of this module")]
+pub use ports::*;
 #[allow(unused_imports, reason = "a test crate may use nothing of this module")]
 pub use relays::*;
 #[allow(unused_imports, reason = "a test crate may use nothing of this module")]

@@ -1,5 +1,5 @@
 //! Local targets on `127.0.0.1:0`, each stopped when its handle drops: the HTTP origin with its routes (plain and
-//! HTTPS), a TCP echo, a WebSocket echo, and a port where nothing listens.
+//! HTTPS), a TCP echo and a WebSocket echo.
 #![allow(
     dead_code,
     reason = "every test crate compiles the whole harness and each uses a different part of this module"
@@ -229,10 +229,4 @@ pub async fn spawn_ws_echo(tls: Option<Arc<rustls::ServerConfig>>) -> Origin {
         }
     })
     .await
-}
-
-/// A port with nothing listening on it.
-pub async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
 }
