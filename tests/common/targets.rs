@@ -230,3 +230,28 @@ pub async fn spawn_ws_echo(tls: Option<Arc<rustls::ServerConfig>>) -> Origin {
     })
     .await
 }
+
+/// A host name that does not resolve: `.invalid` is reserved never to exist (RFC 6761 §6.4).
+pub const UNRESOLVABLE_HOST: &str = "no-such-host.invalid";
+
+/// Checks the answer to a request for [`UNRESOLVABLE_HOST`]. The server has only the system resolver, and a test
+/// cannot control its answer without a network mock, so both outcomes a machine can produce are accepted, each
+/// with the reason it names:
+/// - 502 "cannot resolve target": the resolver answered that the name does not exist, or there is no resolver to
+///   ask (both fail at once);
+/// - 504 "connect timed out": a resolver is configured but does not answer (a machine without network), and the
+///   server's `connect_timeout`, which bounds the lookup and the connect together, ran out first. Tests that use
+///   the name set a short `connect_timeout`, so that this case ends well within their deadline.
+pub fn assert_unresolvable_answer(status: u16, body: &str) {
+    match status {
+        502 => assert!(
+            body.contains("cannot resolve"),
+            "502 for another reason: {body:?}"
+        ),
+        504 => assert!(
+            body.contains("timed out"),
+            "504 for another reason: {body:?}"
+        ),
+        _ => panic!("an unresolvable name answered {status}: {body:?}"),
+    }
+}
