@@ -1,5 +1,6 @@
 //! Large bodies stream through byte-exact without being buffered whole.
-//! (Alone in its file: it measures the process's memory, which tests running beside it would add to.)
+//! The only test in this file, so it runs alone in its process: it measures the process's memory, which a test
+//! running beside it would add to (tests/common/memory.rs).
 
 #![allow(
     clippy::unwrap_used,
@@ -14,6 +15,7 @@ use http_body_util::BodyExt;
 
 #[tokio::test]
 async fn large_upload_and_download_stream_byte_exact_without_buffering() {
+    assert_alone_in_file(include_str!("large_body.rs"));
     within(120, async {
         let t = tunnel().await;
         let origin = spawn_origin().await;

@@ -1,5 +1,6 @@
 //! A slow reader costs a constant amount of memory: flow control holds the origin back, nothing piles up.
-//! (Alone in its file: it measures the process's memory.)
+//! The only test in this file, so it runs alone in its process: it measures the process's memory, which a test
+//! running beside it would add to (tests/common/memory.rs).
 
 #![allow(
     clippy::unwrap_used,
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn a_slow_reader_costs_a_constant_amount_of_memory() {
+    assert_alone_in_file(include_str!("slow_reader.rs"));
     within(60, async {
         let t = tunnel().await;
         let origin = spawn_origin().await;

@@ -1,5 +1,6 @@
 //! Bounded soak: many short-lived streams and many concurrent ones leave no descriptors or memory behind.
-//! (Alone in its file: it measures the process. Longer runs live in bench/.)
+//! The only test in this file, so it runs alone in its process: it measures the process's memory, which a test
+//! running beside it would add to (tests/common/memory.rs). Longer runs live in bench/.
 
 #![allow(
     clippy::unwrap_used,
@@ -76,6 +77,7 @@ async fn round(agent: std::net::SocketAddr, target: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_cycles_and_a_thousand_concurrent_streams_leave_nothing_behind() {
+    assert_alone_in_file(include_str!("soak.rs"));
     within(240, async {
         let t = tunnel().await;
         let echo = spawn_echo().await;
