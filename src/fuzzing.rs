@@ -1,10 +1,15 @@
-//! Entry points for the cargo-fuzz targets in `fuzz/`; compiled only with the `fuzzing` feature, not an API.
+//! Entry points for the cargo-fuzz targets in `fuzz/`; compiled with the `fuzzing` feature and in unit tests, not an
+//! API.
 //!
-//! Each function feeds fuzzer input to one of the parsers Fluidity wrote itself (authorities, header rules,
+//! Each property function feeds an input to one of the parsers Fluidity wrote itself (authorities, header rules,
 //! destination rules, the configuration layers, `Proxy-Authorization`, certificate names) and asserts the
 //! properties the rest of the code relies on. Any panic, in the parser or in an assertion here, is a finding.
-//! Inputs arrive as plain `&str`/`&[u8]` or small std types, so the fuzz crate needs nothing private. See
-//! `fuzz/README.md` for how to run them.
+//!
+//! [`TARGETS`] names every fuzz target with its entry point, which reads the fuzzer's raw bytes in a small text
+//! format (one per target, documented on each `*_input` function) and calls the property function. Text keeps the
+//! committed seeds in `fuzz/seeds/TARGET/` readable, and lets the unit test here run every target's property over
+//! its seeds under a plain `cargo test`, so neither the properties nor the entry points can rot unseen. See
+//! `fuzz/README.md` for how to fuzz.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -85,22 +90,6 @@ pub fn authority(input: &str) {
         }
     }
 }
-
-/// The names the header fuzz target picks by index, so that it reaches the interesting paths at once.
-pub const HEADER_NAMES: [&str; 12] = [
-    "connection",
-    "upgrade",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "host",
-    "x-named",
-    "x-other",
-    "content-length",
-];
 
 /// `strip_hop_headers`, `strip_proxy_headers` and `wants_upgrade` on a header map built from `(name, value)` pairs;
 /// pairs that are not a valid header name or value are skipped, as hyper would refuse them.
@@ -398,7 +387,7 @@ pub fn config_yaml(text: &[u8]) {
     }
 }
 
-/// Every `FLUIDITY_*` variable of both roles, for the env fuzz target to pick by index.
+/// Every `FLUIDITY_*` variable of both roles (and two that are not); the `config_env` seeds name each of them.
 pub const ENV_VARS: [&str; 29] = [
     "FLUIDITY_SERVER_IP",
     "FLUIDITY_SERVER_PORT",
@@ -477,5 +466,241 @@ pub fn cert_names(name: &str) {
             Some(name),
             "client name {name:?}"
         );
+    }
+}
+
+/// A fuzz target's name (`fuzz/fuzz_targets/NAME.rs`, `fuzz/seeds/NAME/`) and its entry point, which takes the
+/// fuzzer's bytes as they come.
+pub type FuzzTarget = (&'static str, fn(&[u8]));
+
+/// Every fuzz target.
+pub const TARGETS: [FuzzTarget; 8] = [
+    ("authority", authority_input),
+    ("headers", headers_input),
+    ("rule", rule_input),
+    ("policy", policy_input),
+    ("proxy_auth", proxy_auth_input),
+    ("config_yaml", config_yaml_input),
+    ("config_env", config_env_input),
+    ("cert_names", cert_names_input),
+];
+
+/// [`authority`] on the input as text (input that is not UTF-8 is skipped: requests reach the parser as text).
+pub fn authority_input(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        authority(text);
+    }
+}
+
+/// [`headers`] on one field per line, `name: value` (split at the first `:`, white space around the value
+/// dropped, as HTTP/1.1 reads it). The value may hold any byte but a line break, as in a header block.
+pub fn headers_input(data: &[u8]) {
+    let pairs: Vec<(&[u8], &[u8])> = lines(data)
+        .map(|line| match line.iter().position(|b| *b == b':') {
+            Some(colon) => (&line[..colon], line[colon + 1..].trim_ascii()),
+            None => (line, &[][..]),
+        })
+        .collect();
+    headers(&pairs);
+}
+
+/// [`rule`] on the input as text.
+pub fn rule_input(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        rule(text);
+    }
+}
+
+/// [`policy`] on lines of text: `private` (allow private targets), `deny RULE`, `allow RULE` (the rest of the
+/// line, as written in the config), and `check NAME PORT ADDRESS`, one query each. Other lines are skipped. Without
+/// a `check` line the policy is asked once about no name at `127.0.0.1:80`: [`policy`] still asks about the names
+/// in the rules.
+pub fn policy_input(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (mut allow_private, mut deny, mut allow, mut queries) = (false, vec![], vec![], vec![]);
+    for line in text.lines() {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "private" => allow_private = true,
+            "deny" => deny.push(rest.to_owned()),
+            "allow" => allow.push(rest.to_owned()),
+            "check" => {
+                let mut fields = rest.split(' ');
+                if let (Some(name), Some(Ok(port)), Some(Ok(addr)), None) = (
+                    fields.next(),
+                    fields.next().map(str::parse::<u16>),
+                    fields.next().map(str::parse::<IpAddr>),
+                    fields.next(),
+                ) {
+                    queries.push((name, port, addr));
+                }
+            }
+            _ => {}
+        }
+    }
+    if queries.is_empty() {
+        queries.push(("", 80, IpAddr::from([127, 0, 0, 1])));
+    }
+    for (name, port, addr) in queries {
+        policy(allow_private, &deny, &allow, name, port, addr);
+    }
+}
+
+/// [`proxy_auth`] on the first line as the configured credential (skipped unless UTF-8: it comes from a config)
+/// and the rest of the input as the `Proxy-Authorization` value.
+pub fn proxy_auth_input(data: &[u8]) {
+    let (credential, header_value) = match data.iter().position(|b| *b == b'\n') {
+        Some(end) => (&data[..end], &data[end + 1..]),
+        None => (data, &[][..]),
+    };
+    if let Ok(credential) = std::str::from_utf8(credential) {
+        proxy_auth(credential, header_value);
+    }
+}
+
+/// [`config_yaml`] on the input as a config file.
+pub fn config_yaml_input(data: &[u8]) {
+    config_yaml(data);
+}
+
+/// [`config_env`] on one variable per line, `NAME=value`; in the value `\n`, `\r`, `\0` and `\\` stand for a line
+/// feed, a carriage return, a NUL and a backslash (values with line breaks were findings). Lines without `=` or
+/// that are not UTF-8 are skipped.
+pub fn config_env_input(data: &[u8]) {
+    let vars: Vec<(String, String)> = lines(data)
+        .filter_map(|line| std::str::from_utf8(line).ok()?.split_once('='))
+        .map(|(name, value)| (name.to_owned(), unescape(value)))
+        .collect();
+    config_env(&vars);
+}
+
+/// [`cert_names`] on the input as text.
+pub fn cert_names_input(data: &[u8]) {
+    if let Ok(name) = std::str::from_utf8(data) {
+        cert_names(name);
+    }
+}
+
+/// The lines of `data`, split at `\n`, each without a trailing `\r`; an empty last line is no line.
+fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let data = data.strip_suffix(b"\n").unwrap_or(data);
+    (!data.is_empty())
+        .then(|| data.split(|b| *b == b'\n'))
+        .into_iter()
+        .flatten()
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+}
+
+/// Undoes the escapes of [`config_env_input`]; any other backslash stays as it is.
+fn unescape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('\\') => out.push('\\'),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+
+    fn fuzz_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+    }
+
+    /// The files in `dir`, sorted.
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap_or_else(|err| panic!("{}: {err}", dir.display()))
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|path| path.is_file())
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Every target's property holds on each of its committed seeds (`fuzz/seeds/TARGET/*`): the fuzzer's
+    /// starting corpus, which holds the inputs of its past findings.
+    #[test]
+    fn every_fuzz_target_holds_on_its_seeds() {
+        let mut failed = Vec::new();
+        for (name, run) in TARGETS {
+            let seeds = files(&fuzz_dir().join("seeds").join(name));
+            assert!(seeds.len() >= 10, "{name}: only {} seeds", seeds.len());
+            for seed in seeds {
+                let data = std::fs::read(&seed).expect("read a seed");
+                // The panic message is printed by the hook; collect the seeds so that one run names them all.
+                if catch_unwind(AssertUnwindSafe(|| run(&data))).is_err() {
+                    failed.push(seed.display().to_string());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(scratch_dir());
+        assert!(failed.is_empty(), "properties failed on {failed:#?}");
+    }
+
+    /// `fuzz/fuzz_targets/` and [`TARGETS`] name the same targets, and each target file calls its entry point.
+    #[test]
+    fn every_fuzz_target_file_has_an_entry_point() {
+        let mut files: Vec<String> = files(&fuzz_dir().join("fuzz_targets"))
+            .iter()
+            .filter_map(|path| Some(path.file_stem()?.to_str()?.to_owned()))
+            .collect();
+        files.sort();
+        let mut names: Vec<&str> = TARGETS.iter().map(|(name, _)| *name).collect();
+        names.sort_unstable();
+        assert_eq!(files, names);
+        for name in names {
+            let path = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
+            let source = std::fs::read_to_string(&path).expect("read a fuzz target");
+            assert!(
+                source.contains(&format!("fluidity::fuzzing::{name}_input(")),
+                "{} does not call {name}_input",
+                path.display()
+            );
+        }
+    }
+
+    /// A new configuration key gets a seed: the `config_env` seeds set every variable of [`ENV_VARS`].
+    #[test]
+    fn config_env_seeds_set_every_variable() {
+        let seeds: String = files(&fuzz_dir().join("seeds/config_env"))
+            .iter()
+            .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+            .collect();
+        for var in ENV_VARS {
+            assert!(
+                seeds
+                    .lines()
+                    .any(|line| line.starts_with(&format!("{var}="))),
+                "no config_env seed sets {var}"
+            );
+        }
+    }
+
+    #[test]
+    fn input_formats_read_as_documented() {
+        assert_eq!(lines(b"").count(), 0);
+        assert_eq!(
+            lines(b"a: 1\r\n\nb\n").collect::<Vec<_>>(),
+            [&b"a: 1"[..], b"", b"b"]
+        );
+        assert_eq!(unescape(r"a\nb\r\0\\\x\"), "a\nb\r\0\\\\x\\");
     }
 }

@@ -24,7 +24,8 @@ pub mod agent;
 pub mod certs;
 pub mod cli;
 pub mod config;
-#[cfg(feature = "fuzzing")]
+// Also in unit tests: they run every fuzz target's property over its committed seeds.
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod server;

@@ -1,24 +1,7 @@
 //! `FLUIDITY_*` environment variables through `load_agent` and `load_server`.
+//! The input format is that of `fluidity::fuzzing::config_env_input`; `fuzz/seeds/config_env/` holds examples.
 #![no_main]
 
-use arbitrary::Arbitrary;
-use fluidity::fuzzing::ENV_VARS;
 use libfuzzer_sys::fuzz_target;
 
-#[derive(Arbitrary, Debug)]
-struct Var {
-    /// Index into `ENV_VARS`.
-    key: u8,
-    value: String,
-}
-
-fuzz_target!(|vars: Vec<Var>| {
-    let vars: Vec<(String, String)> = vars
-        .into_iter()
-        .map(|var| {
-            let key = ENV_VARS[usize::from(var.key) % ENV_VARS.len()];
-            (key.to_owned(), var.value)
-        })
-        .collect();
-    fluidity::fuzzing::config_env(&vars);
-});
+fuzz_target!(|data: &[u8]| fluidity::fuzzing::config_env_input(data));

@@ -1,15 +1,7 @@
 //! `proxy_auth` values (`ProxyAuth::parse`) and the agent's `Proxy-Authorization` check.
+//! The input format is that of `fluidity::fuzzing::proxy_auth_input`; `fuzz/seeds/proxy_auth/` holds examples.
 #![no_main]
 
-use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
-#[derive(Arbitrary, Debug)]
-struct Input {
-    credential: String,
-    header: Vec<u8>,
-}
-
-fuzz_target!(|input: Input| {
-    fluidity::fuzzing::proxy_auth(&input.credential, &input.header);
-});
+fuzz_target!(|data: &[u8]| fluidity::fuzzing::proxy_auth_input(data));

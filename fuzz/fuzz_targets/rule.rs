@@ -1,10 +1,7 @@
 //! One `deny_targets`/`allow_targets` entry (`server::policy::Rule::parse`).
+//! The input format is that of `fluidity::fuzzing::rule_input`; `fuzz/seeds/rule/` holds examples.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        fluidity::fuzzing::rule(text);
-    }
-});
+fuzz_target!(|data: &[u8]| fluidity::fuzzing::rule_input(data));
