@@ -169,10 +169,10 @@ mod tests {
     async fn falls_through_a_refused_address() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let good = listener.local_addr().unwrap();
-        let closed = {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            l.local_addr().unwrap()
-        };
+        // Bound but not listening: a connect is refused, and the number stays ours for the whole test.
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed = held.local_addr().unwrap();
         let stream = tokio::time::timeout(
             Duration::from_secs(5),
             connect_happy_eyeballs(vec![closed, good]),
