@@ -172,6 +172,13 @@ pub fn policy(
     for text in deny.iter().chain(allow) {
         rule(text);
     }
+    // A NAT64 address (64:ff9b::/96) reaches the IPv4 address it carries, so it is exactly as private.
+    if let IpAddr::V4(v4) = addr {
+        let nat64 = IpAddr::V6(std::net::Ipv6Addr::from(
+            (0x64_ff9b_u128 << 96) | u128::from(u32::from(v4)),
+        ));
+        assert_eq!(is_private(nat64), is_private(addr), "{addr} and {nat64}");
+    }
     let Ok(policy) = TargetPolicy::new(allow_private, deny, allow) else {
         assert!(
             deny.iter()

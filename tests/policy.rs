@@ -91,3 +91,50 @@ async fn deny_and_allow_rules_apply_to_the_resolved_target() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn ipv6_forms_of_private_ipv4_addresses_are_refused_with_403() {
+    within(20, async {
+        let t = tunnel_with(|server| server.allow_private_targets = false, |_| {}).await;
+        let origin = spawn_origin().await;
+        let port = origin.addr.port();
+        // NAT64, 6to4 and IPv4-compatible forms of 127.0.0.1, and NAT64 forms of cloud metadata and a reserved
+        // range: each reaches the IPv4 address it carries, so each is as private as that address.
+        for host in [
+            "[64:ff9b::7f00:1]",
+            "[64:ff9b::169.254.169.254]",
+            "[2002:7f00:1::1]",
+            "[::127.0.0.1]",
+            "[64:ff9b::198.18.0.1]",
+        ] {
+            let response = raw_request(
+                t.agent.addr,
+                format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(parse_status(&response), Some(403), "CONNECT {host}");
+            assert!(
+                String::from_utf8_lossy(&response).contains("private address"),
+                "{host}: {:?}",
+                String::from_utf8_lossy(&response)
+            );
+            let (status, body) = get(t.agent.addr, &format!("http://{host}:{port}/echo")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "GET {host}");
+            assert!(
+                String::from_utf8_lossy(&body).contains("private address"),
+                "{host}: {body:?}"
+            );
+        }
+        for url in [
+            "http://240.0.0.1/",
+            "http://192.0.0.8/",
+            "http://203.0.113.9/",
+        ] {
+            let (status, _) = get(t.agent.addr, url).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{url}");
+        }
+    })
+    .await;
+}
