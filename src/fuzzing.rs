@@ -21,7 +21,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use yaml_serde::{Mapping, Value};
 
 use crate::config::{self, AgentConfig, AgentLayer, ConfigError, ProxyAuth, ServerConfig};
-use crate::server::policy::{Rule, TargetPolicy, is_private};
+use crate::rules::Rule;
+use crate::server::policy::{TargetPolicy, is_private};
 use crate::tunnel::authority::parse_target;
 use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
 
@@ -328,6 +329,16 @@ fn check_server(config: &ServerConfig) {
     assert!(!config.tls_handshake_timeout.is_zero());
     assert!(!config.keepalive.is_zero());
     assert!(config.idle_timeout.is_none_or(|t| !t.is_zero()));
+    // Rules are checked when the configuration loads, so the server never refuses them at startup.
+    assert!(
+        TargetPolicy::new(
+            config.allow_private_targets,
+            &config.deny_targets,
+            &config.allow_targets,
+        )
+        .is_ok(),
+        "a loaded configuration has target rules the server refuses"
+    );
 }
 
 /// A YAML config file through the public loaders of both roles (written to a scratch file, as they read files), and
@@ -435,15 +446,7 @@ pub fn config_env(vars: &[(String, String)]) {
         Err(error) => assert_one_line(&error),
     }
     match config::load_server(None, &config::ServerLayer::default(), &env) {
-        Ok(config) => {
-            check_server(&config);
-            // The server refuses to start on rules that do not parse; checking them must not panic either.
-            let _ = TargetPolicy::new(
-                config.allow_private_targets,
-                &config.deny_targets,
-                &config.allow_targets,
-            );
-        }
+        Ok(config) => check_server(&config),
         Err(error) => assert_one_line(&error),
     }
 }

@@ -8,7 +8,8 @@
 //! From the bottom up; each layer uses only those before it.
 //! - `tunnel`: what both roles agree on: the request → stream mapping, header rules, authority parsing, h2
 //!   streams as byte streams, the byte splice, and the tunnel's transport (TCP, gathered writes, TLS, HTTP/2
-//!   settings). It knows nothing of metrics, statuses or roles.
+//!   settings). It knows nothing of metrics, statuses or roles. `rules`: the target rule syntax
+//!   (`deny_targets`, `allow_targets`), which configuration checks and either role can match.
 //! - `config`: layered configuration (defaults, YAML, `FLUIDITY_*` env, flags); `certs`: the private CA and
 //!   certificates (rcgen); `tls`: rustls configurations and TLS material checks.
 //! - `error`: the one mapping from failures to HTTP statuses; `metrics`: counters, gauges and counted bodies, and
@@ -37,6 +38,7 @@ mod admin;
 mod error;
 mod expiry;
 mod metrics;
+mod rules;
 mod shard;
 mod tunnel;
 

@@ -528,6 +528,37 @@ fn wrong_yaml_type_exits_2_naming_the_key() {
     assert!(done.stderr.contains(path_str(&config)), "{}", done.stderr);
 }
 
+/// The one line a configuration error prints, checked to be one line.
+fn one_line(done: &Finished) -> &str {
+    let message = done.stderr.trim_end();
+    assert!(!message.contains('\n'), "more than one line: {message}");
+    message
+}
+
+#[test]
+fn bad_target_rule_exits_2_with_one_line_naming_the_key_and_its_source() {
+    let tmp = TempDir::new().unwrap();
+    let config = tmp.path().join("server.yaml");
+    write_file(&config, "deny_targets:\n  - 10.0.0.0/8\n  - 10.0.0.0/40\n");
+    let done = run(fluidity(tmp.path())
+        .args(["server", "--config"])
+        .arg(&config));
+    assert_exit_code(&done, 2);
+    let message = one_line(&done);
+    assert!(message.contains("deny_targets"), "{message}");
+    assert!(message.contains("10.0.0.0/40"), "{message}");
+    assert!(message.contains(path_str(&config)), "{message}");
+
+    let done = run(fluidity(tmp.path())
+        .env("FLUIDITY_ALLOW_TARGETS", "*.corp.test,exa mple.com")
+        .arg("server"));
+    assert_exit_code(&done, 2);
+    let message = one_line(&done);
+    assert!(message.contains("allow_targets"), "{message}");
+    assert!(message.contains("FLUIDITY_ALLOW_TARGETS"), "{message}");
+    assert!(message.contains("exa mple.com"), "{message}");
+}
+
 #[test]
 fn missing_cert_file_fails_naming_the_path() {
     let tmp = TempDir::new().unwrap();

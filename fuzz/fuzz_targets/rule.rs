@@ -1,4 +1,4 @@
-//! One `deny_targets`/`allow_targets` entry (`server::policy::Rule::parse`).
+//! One `deny_targets`/`allow_targets` entry (`rules::Rule::parse`).
 //! The input format is that of `fluidity::fuzzing::rule_input`; `fuzz/seeds/rule/` holds examples.
 #![no_main]
 

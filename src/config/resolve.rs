@@ -1,8 +1,9 @@
 //! The validation pass: turns a merged layer into an [`AgentConfig`] or [`ServerConfig`], refusing values that
-//! have the right type but cannot work (zero limits, bad log levels, an open proxy by accident).
+//! have the right type but cannot work (zero limits, bad log levels, target rules that do not parse, an open proxy
+//! by accident).
 //!
 //! It runs before anything binds. Every error names the key and the layer its value came from. It does not check
-//! that files exist or parse (that is `tls`, at startup and on reload), nor the syntax of target rules (`server`).
+//! that files exist or parse (that is `tls`, at startup and on reload).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use super::{
     AgentConfig, AgentLayer, ConfigError, LogSettings, MAX_HEADER_READ_TIMEOUT_SECS, MAX_TUNNELS,
     ServerConfig, ServerLayer, TlsFiles, idle_timeout, rate_limit_burst,
 };
+use crate::rules::Rule;
 
 /// The level words tracing's filter accepts on their own.
 const LOG_LEVEL_WORDS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
@@ -262,6 +264,9 @@ pub(crate) fn resolve_server(
     ] {
         if rules.iter().any(|rule| rule.trim().is_empty()) {
             return Err(provenance.invalid(key, "contains an empty rule"));
+        }
+        if let Some(bad) = rules.iter().find_map(|rule| Rule::parse(rule).err()) {
+            return Err(origins.invalid(key, bad.to_string()));
         }
     }
 
@@ -545,6 +550,20 @@ mod tests {
                     ..ServerLayer::default()
                 },
                 "server.yaml: deny_targets: contains an empty rule",
+            ),
+            (
+                ServerLayer {
+                    deny_targets: Some(vec!["10.0.0.0/8".into(), "10.0.0.0/40".into()]),
+                    ..ServerLayer::default()
+                },
+                "server.yaml: deny_targets: `10.0.0.0/40` is not a CIDR, host name, :port or host:port rule",
+            ),
+            (
+                ServerLayer {
+                    allow_targets: Some(vec!["exa mple.com".into()]),
+                    ..ServerLayer::default()
+                },
+                "server.yaml: allow_targets: `exa mple.com` is not a CIDR",
             ),
             (
                 ServerLayer {
