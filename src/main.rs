@@ -6,16 +6,12 @@ use std::collections::HashMap;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
 use fluidity::cli::{AgentArgs, CertsCommand, Cli, Command, ServerArgs, UpArgs};
 use fluidity::config::{self, LogFormat, LogSettings};
 use fluidity::shutdown;
 use fluidity::up::{self, Up};
 use fluidity::{Agent, Server, certs};
-
-/// Dependencies whose logs are noise at `info`; they stay at `warn` unless the filter names them.
-const QUIET_DEPENDENCIES: [&str; 4] = ["h2", "hyper", "hyper_util", "rustls"];
 
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
@@ -34,14 +30,15 @@ fn config_failure(err: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_tracing(log: &LogSettings) {
-    let mut directives = log.level.clone();
-    for dependency in QUIET_DEPENDENCIES {
-        if !directives.contains(dependency) {
-            directives.push_str(&format!(",{dependency}=warn"));
-        }
-    }
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the subscriber. The loaders have checked `log.level` with the same [`config::log_filter`], so the
+/// error (a configuration error) is only reachable for a level that skipped them.
+fn init_tracing(log: &LogSettings) -> Result<(), ExitCode> {
+    let filter = config::log_filter(&log.level).map_err(|err| {
+        config_failure(format!(
+            "log_level: `{}` is not a valid level or filter ({err})",
+            log.level
+        ))
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -50,6 +47,7 @@ fn init_tracing(log: &LogSettings) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    Ok(())
 }
 
 /// Which runtime a role runs on.
@@ -116,7 +114,9 @@ fn run_server(args: ServerArgs, env: &HashMap<String, String>) -> ExitCode {
         Ok(config) => config,
         Err(err) => return config_failure(err),
     };
-    init_tracing(&config.log);
+    if let Err(code) = init_tracing(&config.log) {
+        return code;
+    }
     // One thread accepts and serves /healthz; the tunnels run on the server's own worker threads (one per core).
     run_role(Threads::One, |token, reload| async move {
         let server = Server::bind(config).await?;
@@ -139,7 +139,9 @@ fn run_agent(args: AgentArgs, env: &HashMap<String, String>) -> ExitCode {
         }
         eprintln!("fluidity: saved the given flags to {}", path.display());
     }
-    init_tracing(&config.log);
+    if let Err(code) = init_tracing(&config.log) {
+        return code;
+    }
     run_role(Threads::One, |token, reload| async move {
         let agent = Agent::bind(config).await?;
         let reloader = agent.reloader();
@@ -157,13 +159,15 @@ fn run_up(args: UpArgs, env: &HashMap<String, String>) -> ExitCode {
         level: args.log_level.unwrap_or_else(|| "info".to_string()),
         ..LogSettings::default()
     };
-    if EnvFilter::try_new(&log.level).is_err() {
+    if let Err(err) = config::log_filter(&log.level) {
         return config_failure(format!(
-            "--log-level: `{}` is not a valid level or filter",
+            "--log-level: `{}` is not a valid level or filter ({err})",
             log.level
         ));
     }
-    init_tracing(&log);
+    if let Err(code) = init_tracing(&log) {
+        return code;
+    }
     run_role(Threads::PerCore, |token, reload| async move {
         let up = Up::prepare(dir, args.port).await?;
         println!("{}", up.instructions());

@@ -560,6 +560,32 @@ fn bad_target_rule_exits_2_with_one_line_naming_the_key_and_its_source() {
 }
 
 #[test]
+fn invalid_log_level_filter_exits_2_with_one_line_naming_log_level() {
+    let tmp = TempDir::new().unwrap();
+    let config = tmp.path().join("agent.yaml");
+    write_file(
+        &config,
+        "server_ip: 127.0.0.1\nlocal_proxy_port: 0\nlog_level: \"info,h2=notalevel\"\n",
+    );
+    let done = run(fluidity(tmp.path())
+        .args(["agent", "--config"])
+        .arg(&config));
+    assert_exit_code(&done, 2);
+    let message = one_line(&done);
+    assert!(message.contains("log_level"), "{message}");
+    assert!(message.contains("h2=notalevel"), "{message}");
+    assert!(message.contains(path_str(&config)), "{message}");
+
+    let done = run(fluidity(tmp.path())
+        .env("FLUIDITY_LOG_LEVEL", "debug,fluidity=loud")
+        .arg("server"));
+    assert_exit_code(&done, 2);
+    let message = one_line(&done);
+    assert!(message.contains("log_level"), "{message}");
+    assert!(message.contains("FLUIDITY_LOG_LEVEL"), "{message}");
+}
+
+#[test]
 fn missing_cert_file_fails_naming_the_path() {
     let tmp = TempDir::new().unwrap();
     let certs = certs_init(tmp.path());

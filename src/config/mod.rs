@@ -134,6 +134,27 @@ impl Default for LogSettings {
     }
 }
 
+/// Dependencies whose logs are noise at `info`; they stay at `warn` unless the filter names them.
+const QUIET_DEPENDENCIES: [&str; 4] = ["h2", "hyper", "hyper_util", "rustls"];
+
+/// The tracing filter a `log_level` value stands for: the value itself, plus `warn` for the noisy dependencies it
+/// does not name. The loaders check `log_level` with it and the binary builds its subscriber with it, so a value
+/// that loads is never dropped for a default later.
+///
+/// # Errors
+/// tracing's [`ParseError`](tracing_subscriber::filter::ParseError) when a directive does not parse (`h2=loud`).
+pub fn log_filter(
+    level: &str,
+) -> Result<tracing_subscriber::EnvFilter, tracing_subscriber::filter::ParseError> {
+    let mut directives = level.to_owned();
+    for dependency in QUIET_DEPENDENCIES {
+        if !directives.contains(dependency) {
+            directives.push_str(&format!(",{dependency}=warn"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(directives)
+}
+
 /// Credentials callers must present to the agent (Basic `Proxy-Authorization`).
 ///
 /// Written as `"user:password"` in YAML, env and flags. `Debug` redacts the password, and there is deliberately no

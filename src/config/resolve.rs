@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::sources::Provenance;
 use super::{
     AgentConfig, AgentLayer, ConfigError, LogSettings, MAX_HEADER_READ_TIMEOUT_SECS, MAX_TUNNELS,
-    ServerConfig, ServerLayer, TlsFiles, idle_timeout, rate_limit_burst,
+    ServerConfig, ServerLayer, TlsFiles, idle_timeout, log_filter, rate_limit_burst,
 };
 use crate::rules::Rule;
 
@@ -38,22 +38,28 @@ fn positive_secs(
     Ok(Duration::from_secs(secs))
 }
 
-/// A level word, or something that looks like a filter directive (`target=level`, or a list).
+/// A level word, or a filter (`target=level`, or a list) that tracing parses: checked with [`log_filter`], the
+/// parser the subscriber is built with, so nothing that passes here falls back to a default later. A lone word
+/// that is not a level would parse as a target name (logging nothing else), so it is refused as a typo.
 fn check_log_level(level: &str, provenance: &Provenance) -> Result<(), ConfigError> {
     let word = LOG_LEVEL_WORDS
         .iter()
         .any(|w| w.eq_ignore_ascii_case(level.trim()));
-    if word || level.contains('=') || level.contains(',') {
-        Ok(())
-    } else {
-        Err(provenance.invalid(
+    if !(word || level.contains('=') || level.contains(',')) {
+        return Err(provenance.invalid(
             "log_level",
             format!(
                 "`{level}` is not a level: use trace, debug, info, warn, error, off or a filter such as \
                  fluidity=debug,h2=warn"
             ),
-        ))
+        ));
     }
+    log_filter(level).map(drop).map_err(|err| {
+        provenance.invalid(
+            "log_level",
+            format!("`{level}` is not a valid filter ({err}): use a level or target=level, comma-separated"),
+        )
+    })
 }
 
 /// A value that must be greater than zero.
@@ -266,7 +272,7 @@ pub(crate) fn resolve_server(
             return Err(provenance.invalid(key, "contains an empty rule"));
         }
         if let Some(bad) = rules.iter().find_map(|rule| Rule::parse(rule).err()) {
-            return Err(origins.invalid(key, bad.to_string()));
+            return Err(provenance.invalid(key, bad.to_string()));
         }
     }
 
@@ -479,12 +485,36 @@ mod tests {
 
     #[test]
     fn log_level_forms() {
-        for ok in ["trace", "DEBUG", "off", "fluidity=debug", "info,h2=warn"] {
+        for ok in [
+            "trace",
+            "DEBUG",
+            "off",
+            "fluidity=debug",
+            "info,h2=warn",
+            "info,fluidity::server=trace",
+            "warn,fluidity[request]=debug",
+        ] {
             let layer = with_host(AgentLayer {
                 log_level: Some(ok.into()),
                 ..AgentLayer::default()
             });
             assert!(agent(layer).is_ok(), "{ok}");
+            assert!(log_filter(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "verbose",
+            "info,h2=notalevel",
+            "fluidity=loud",
+            "info,[unclosed=debug",
+            "!!!,info",
+        ] {
+            let layer = with_host(AgentLayer {
+                log_level: Some(bad.into()),
+                ..AgentLayer::default()
+            });
+            let err = agent(layer).expect_err(bad).to_string();
+            assert!(err.starts_with("agent.yaml: log_level: `"), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{bad}: {err}");
         }
     }
 
