@@ -848,6 +848,37 @@ fn agent_save_writes_the_flag_into_the_yaml_keeping_other_keys_in_order() {
 }
 
 #[test]
+fn agent_save_keeps_a_private_config_private() {
+    let tmp = TempDir::new().unwrap();
+    certs_init(tmp.path());
+    let proxy_port = free_port();
+    let config = tmp.path().join("agent.yaml");
+    write_file(
+        &config,
+        &format!(
+            "server_ip: 127.0.0.1\n\
+             server_port: {}\n\
+             local_proxy_port: {proxy_port}\n\
+             proxy_auth: \"alice:s3cret\"\n",
+            free_port()
+        ),
+    );
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut agent = Proc::spawn(
+        fluidity(tmp.path())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .args(["--server-ip", "localhost", "--save"]),
+    );
+    // The file is written before the proxy binds: once it listens, the save is complete.
+    agent.wait_for_status(loopback(proxy_port), "/healthz", 503);
+    let saved = fs::read_to_string(&config).unwrap();
+    assert!(saved.contains("server_ip: localhost"), "{saved}");
+    assert!(saved.contains("alice:s3cret"), "{saved}");
+    assert_eq!(mode(&config), 0o600);
+}
+
+#[test]
 fn up_prints_the_proxy_address_writes_certs_serves_healthz_and_exits_0_on_sigint() {
     let tmp = TempDir::new().unwrap();
     let dir = tmp.path().join("state");

@@ -536,6 +536,9 @@ fn load_file_layer<L: Layer>(config_file: Option<&Path>) -> Result<L, ConfigErro
 /// relative to the file's folder; so when the file is not in the current directory they are written as absolute
 /// paths. Values are not validated here: call [`load_agent`] first.
 ///
+/// The file is replaced whole (written beside it, then renamed over it) and keeps its mode, and its owner and group
+/// where the process may set them; a file created here is 0600 on Unix, as it may hold `proxy_auth`.
+///
 /// # Errors
 /// [`ConfigError::Read`]/[`ConfigError::Write`] for I/O failures, [`ConfigError::Yaml`] or
 /// [`ConfigError::NotAMapping`] if the existing file is not a YAML mapping.
@@ -732,6 +735,51 @@ mod tests {
         assert_eq!(config.tunnels, 3);
         let auth = config.proxy_auth.expect("saved auth");
         assert_eq!((auth.user(), auth.password()), ("u", "p w"));
+    }
+
+    /// `--save` used to write a fresh file with the default mode: an agent.yaml at 0600 holding `proxy_auth` came
+    /// back world-readable.
+    #[cfg(unix)]
+    #[test]
+    fn save_keeps_the_mode_of_the_file_and_creates_new_files_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode =
+            |file: &Path| fs::metadata(file).expect("metadata").permissions().mode() & 0o7777;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cli = AgentLayer {
+            proxy_auth: ProxyAuth::parse("u:secret"),
+            ..AgentLayer::default()
+        };
+        for kept in [0o600, 0o640, 0o644, 0o400] {
+            let file = dir.path().join(format!("agent-{kept:o}.yaml"));
+            fs::write(&file, "server_ip: old.example\n").expect("write");
+            fs::set_permissions(&file, fs::Permissions::from_mode(kept)).expect("chmod");
+            save_agent(&file, &cli).expect("saved");
+            assert_eq!(mode(&file), kept, "{}", file.display());
+            let text = fs::read_to_string(&file).expect("read");
+            assert!(
+                text.contains("secret") && text.contains("old.example"),
+                "{text}"
+            );
+        }
+        // The owner is kept where the process may set it (as root; others can only give files away as root).
+        let owned = dir.path().join("owned.yaml");
+        fs::write(&owned, "server_ip: old.example\n").expect("write");
+        if std::os::unix::fs::chown(&owned, Some(65534), Some(65534)).is_ok() {
+            use std::os::unix::fs::MetadataExt as _;
+            save_agent(&owned, &cli).expect("saved");
+            let metadata = fs::metadata(&owned).expect("metadata");
+            assert_eq!((metadata.uid(), metadata.gid()), (65534, 65534));
+        }
+        let new = dir.path().join("new.yaml");
+        save_agent(&new, &cli).expect("saved");
+        assert_eq!(mode(&new), 0o600);
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .filter(|name| name.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 
     #[test]

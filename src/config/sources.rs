@@ -267,6 +267,79 @@ fn set_keys<L: Layer>(layer: &L) -> Mapping {
 /// [`ConfigError::Read`]/[`ConfigError::Write`] for I/O failures, [`ConfigError::Yaml`] or
 /// [`ConfigError::NotAMapping`] if the existing file is not a YAML mapping.
 pub(crate) fn save_layer<L: Layer>(file: &Path, layer: &L) -> Result<(), ConfigError> {
+    /// Writes `bytes` to a new file beside `file` and renames it over `file`, so a crash leaves the old config or
+    /// the new one, never half of one (a rename is atomic only within one file system, hence the same folder).
+    /// The new file takes the old one's permissions before the first byte is written, so an agent.yaml at 0600
+    /// holding `proxy_auth` is never readable by others, not even for a moment; a new file gets 0600, as it may
+    /// hold that password.
+    fn replace_file(file: &Path, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write as _;
+        let existing = match std::fs::metadata(file) {
+            Ok(metadata) => Some(metadata),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        let (temporary, mut out) = create_beside(file)?;
+        let written = keep_access(&out, existing.as_ref())
+            .and_then(|()| out.write_all(bytes))
+            .and_then(|()| out.sync_all())
+            .and_then(|()| {
+                drop(out);
+                std::fs::rename(&temporary, file)
+            });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        written
+    }
+
+    /// A new, empty file of our own in `file`'s folder, readable and writable by its owner only.
+    fn create_beside(file: &Path) -> io::Result<(PathBuf, std::fs::File)> {
+        let name = file
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file name"))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut attempt = 0u32;
+        loop {
+            let mut temporary = std::ffi::OsString::from(".");
+            temporary.push(name);
+            temporary.push(format!(".{}-{attempt}.tmp", std::process::id()));
+            let temporary = file.with_file_name(temporary);
+            match options.open(&temporary) {
+                Ok(out) => return Ok((temporary, out)),
+                // Left by a crashed run with the same process id: take the next name.
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => {
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Gives `out` the permissions of the file it replaces, and its owner and group where the process may set
+    /// them (root may set both, an owner a group it belongs to); otherwise it stays the process's own.
+    #[cfg(unix)]
+    fn keep_access(out: &std::fs::File, existing: Option<&std::fs::Metadata>) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(existing) = existing else {
+            return Ok(());
+        };
+        // Owner first: changing it may clear set-id bits, which the mode below puts back.
+        if std::os::unix::fs::fchown(out, Some(existing.uid()), Some(existing.gid())).is_err() {
+            let _ = std::os::unix::fs::fchown(out, None, Some(existing.gid()));
+        }
+        out.set_permissions(existing.permissions())
+    }
+
+    /// Elsewhere there are no modes to keep: the new file gets the folder's access rules.
+    #[cfg(not(unix))]
+    fn keep_access(_out: &std::fs::File, _existing: Option<&std::fs::Metadata>) -> io::Result<()> {
+        Ok(())
+    }
+
     let mut document = match std::fs::read_to_string(file) {
         Ok(text) => match yaml_serde::from_str::<Value>(&text) {
             Ok(Value::Null) => Mapping::new(),
@@ -302,16 +375,10 @@ pub(crate) fn save_layer<L: Layer>(file: &Path, layer: &L) -> Result<(), ConfigE
         }
     }
     let text = yaml_serde::to_string(&document).map_err(write_error)?;
-    // Written beside the file and renamed over it, so a crash never leaves half a config.
-    let mut temporary = file.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = std::path::PathBuf::from(temporary);
-    std::fs::write(&temporary, text)
-        .and_then(|()| std::fs::rename(&temporary, file))
-        .map_err(|error| ConfigError::Write {
-            file: file.to_owned(),
-            error,
-        })
+    replace_file(file, text.as_bytes()).map_err(|error| ConfigError::Write {
+        file: file.to_owned(),
+        error,
+    })
 }
 
 #[cfg(test)]
