@@ -24,7 +24,7 @@ use crate::config::{self, AgentConfig, AgentLayer, ConfigError, ProxyAuth, Serve
 use crate::rules::Rule;
 use crate::server::policy::{TargetPolicy, is_private};
 use crate::tunnel::authority::parse_target;
-use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
+use crate::tunnel::headers::{strip_hop_headers, strip_hop_headers_keeping_upgrade, wants_upgrade};
 
 /// `parse_target` with no default port (CONNECT) and with the defaults of absolute-form URLs; and the whole
 /// request target of a plain request (`plain_http_target`), when the input is a URI.
@@ -92,7 +92,7 @@ pub fn authority(input: &str) {
     }
 }
 
-/// `strip_hop_headers`, `strip_proxy_headers` and `wants_upgrade` on a header map built from `(name, value)` pairs;
+/// `strip_hop_headers`, `strip_hop_headers_keeping_upgrade` and `wants_upgrade` on a header map built from `(name, value)` pairs;
 /// pairs that are not a valid header name or value are skipped, as hyper would refuse them.
 pub fn headers(pairs: &[(&[u8], &[u8])]) {
     let mut map = HeaderMap::new();
@@ -138,16 +138,48 @@ pub fn headers(pairs: &[(&[u8], &[u8])]) {
     strip_hop_headers(&mut again);
     assert_eq!(again, stripped, "strip_hop_headers is not idempotent");
 
-    let mut proxy_stripped = map.clone();
-    strip_proxy_headers(&mut proxy_stripped);
-    for name in map.keys() {
-        let is_proxy = name.as_str().starts_with("proxy-");
-        assert_eq!(
-            proxy_stripped.contains_key(name),
-            !is_proxy,
-            "strip_proxy_headers and {name}"
+    // The upgrade path: the same removals, then `Connection: upgrade`, the `Upgrade` values and `Sec-WebSocket-*`.
+    let kept_for_upgrade = |name: &HeaderName| {
+        matches!(name.as_str(), "connection" | "upgrade")
+            || name.as_str().starts_with("sec-websocket-")
+    };
+    let mut upgrade = map.clone();
+    strip_hop_headers_keeping_upgrade(&mut upgrade);
+    for name in upgrade.keys() {
+        assert!(
+            !hop(name) || kept_for_upgrade(name),
+            "{name} survived strip_hop_headers_keeping_upgrade; input {map:?}, left {upgrade:?}"
         );
     }
+    for name in map
+        .keys()
+        .filter(|name| !hop(name) || name.as_str().starts_with("sec-websocket-"))
+    {
+        let before: Vec<&HeaderValue> = map.get_all(name).iter().collect();
+        let after: Vec<&HeaderValue> = upgrade.get_all(name).iter().collect();
+        assert_eq!(before, after, "{name} changed on the upgrade path");
+    }
+    let upgrades: Vec<&HeaderValue> = map.get_all(header::UPGRADE).iter().collect();
+    assert_eq!(
+        upgrade.get_all(header::UPGRADE).iter().collect::<Vec<_>>(),
+        upgrades,
+        "Upgrade values changed"
+    );
+    let connection: Vec<&HeaderValue> = upgrade.get_all(header::CONNECTION).iter().collect();
+    if upgrades.is_empty() {
+        assert!(
+            connection.is_empty(),
+            "Connection without Upgrade: {upgrade:?}"
+        );
+    } else {
+        assert_eq!(connection, ["upgrade"], "Connection on the upgrade path");
+    }
+    let mut again = upgrade.clone();
+    strip_hop_headers_keeping_upgrade(&mut again);
+    assert_eq!(
+        again, upgrade,
+        "strip_hop_headers_keeping_upgrade is not idempotent"
+    );
 }
 
 /// One destination rule through `Rule::parse`: accepted rules display as written (trimmed) and re-parse alike.

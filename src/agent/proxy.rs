@@ -2,6 +2,10 @@
 //!
 //! Origin-form requests are for the agent itself (`/healthz`, `/metrics`); absolute-form requests, `CONNECT` and
 //! WebSocket upgrades are proxied as described in `tunnel`. It never follows redirects and never retries a request.
+//!
+//! Upgrades (`Connection: upgrade` + `Upgrade`) get the plain path's header rules, keeping only what the upgrade
+//! needs, and a `Host` from the URL. An upgrade request that announces a body (`Content-Length` above 0 or
+//! `Transfer-Encoding`) is refused with `400`: RFC 6455 clients never send one, and it is never dropped silently.
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -25,7 +29,7 @@ use crate::error::{ForwardError, error_response};
 use crate::metrics::Counted;
 use crate::metrics::{OpenGuard, StreamKind};
 use crate::tunnel::authority::target_of;
-use crate::tunnel::headers::{strip_hop_headers, strip_proxy_headers, wants_upgrade};
+use crate::tunnel::headers::{strip_hop_headers, strip_hop_headers_keeping_upgrade, wants_upgrade};
 use crate::tunnel::splice;
 use crate::tunnel::stream::{TunnelBody, TunnelStream, send_body};
 use crate::tunnel::{
@@ -274,10 +278,21 @@ async fn connect(
 
 /// A `ws://` upgrade: a CONNECT stream to the target that carries the HTTP/1.1 upgrade request in origin form; the
 /// target's answer (the `101` or a refusal) goes back to the caller, and then the frames, untouched.
+///
+/// Headers follow the plain path's rules in both directions, keeping what the upgrade needs
+/// ([`strip_hop_headers_keeping_upgrade`]), and `Host` is the URL's authority. An upgrade request that announces a
+/// body (`Content-Length` above 0, or `Transfer-Encoding`) is refused with `400` before anything is opened: RFC 6455
+/// clients never send one, and relaying a body and then switching protocols on the same connection is a path no
+/// caller needs (a generic HTTP/1.1 upgrade that must carry a body can go without `Upgrade`, as a plain request).
 async fn websocket(
     shared: &Arc<Shared>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
+    if !req.body().is_end_stream() {
+        return Err(ForwardError::BadRequest(
+            "an upgrade request with a body is not supported",
+        ));
+    }
     let authority = req
         .uri()
         .authority()
@@ -315,20 +330,26 @@ async fn websocket(
     parts.uri = path
         .parse()
         .map_err(|_| ForwardError::BadRequest("bad request target"))?;
-    strip_proxy_headers(&mut parts.headers);
-    if !parts.headers.contains_key(header::HOST) {
-        let host = header::HeaderValue::from_str(authority.as_str())
-            .map_err(|_| ForwardError::BadRequest("bad host"))?;
-        parts.headers.insert(header::HOST, host);
-    }
+    strip_hop_headers_keeping_upgrade(&mut parts.headers);
+    // The URL's authority, without any user information, names the target (RFC 9112 §3.2.2), whatever `Host` the
+    // caller sent.
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    let host =
+        header::HeaderValue::from_str(&host).map_err(|_| ForwardError::BadRequest("bad host"))?;
+    parts.headers.insert(header::HOST, host);
     parts.version = Version::HTTP_11;
     let mut response = origin
         .send_request(Request::from_parts(parts, empty()))
         .await
         .map_err(|err| ForwardError::Upstream(err.into()))?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        strip_hop_headers(response.headers_mut());
         return Ok(response.map(|body| body.map_err(Into::into).boxed()));
     }
+    strip_hop_headers_keeping_upgrade(response.headers_mut());
     let upstream = hyper::upgrade::on(&mut response);
     let guard = shared.metrics.stream_opened(StreamKind::Websocket);
     let task_shared = shared.clone();

@@ -1,10 +1,11 @@
 //! Hop-by-hop header removal (RFC 9110 §7.6.1) and the proxy's own headers.
 //!
-//! Applied to plain requests and responses crossing the tunnel. Not applied on the WebSocket path, whose
-//! `Connection: Upgrade` must reach the target.
+//! [`strip_hop_headers`] applies to plain requests and responses crossing the tunnel. The upgrade path (WebSocket)
+//! applies the same rules through [`strip_hop_headers_keeping_upgrade`], which then puts back what the upgrade
+//! needs: `Connection: upgrade`, the `Upgrade` values, and every `Sec-WebSocket-*` header.
 
-use http::HeaderMap;
 use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue};
 
 /// Headers that describe one hop and never travel further (RFC 9110 §7.6.1, plus the non-standard
 /// `Proxy-Connection` and `Keep-Alive` that HTTP/1.0-era clients still send).
@@ -46,15 +47,29 @@ pub(crate) fn strip_hop_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes every `Proxy-*` header.
-pub(crate) fn strip_proxy_headers(headers: &mut HeaderMap) {
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_proxy_header(name))
-        .cloned()
+/// [`strip_hop_headers`] for the head of an upgrade request or of its `101` answer (RFC 9110 §7.8), keeping what the
+/// upgrade needs: `Connection: upgrade` (only that: other names it listed go, with the headers they name), the
+/// `Upgrade` values as given, and the `Sec-WebSocket-*` headers, which are end-to-end (RFC 6455 §4.1, §4.2.2) even
+/// if `Connection` names them. Both travel as HTTP/1.1 inside a CONNECT stream, where they are legal.
+pub(crate) fn strip_hop_headers_keeping_upgrade(headers: &mut HeaderMap) {
+    let upgrade: Vec<HeaderValue> = headers.get_all(header::UPGRADE).iter().cloned().collect();
+    let websocket: Vec<(HeaderName, HeaderValue)> = headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("sec-websocket-"))
+        .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
-    for name in proxy {
+    strip_hop_headers(headers);
+    for (name, _) in &websocket {
         headers.remove(name);
+    }
+    for (name, value) in websocket {
+        headers.append(name, value);
+    }
+    if !upgrade.is_empty() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for value in upgrade {
+            headers.append(header::UPGRADE, value);
+        }
     }
 }
 
@@ -110,6 +125,61 @@ mod tests {
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-multi"]);
         assert_eq!(map.get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn upgrade_heads_keep_only_what_the_upgrade_needs() {
+        let mut map = headers(&[
+            ("host", "evil.example"),
+            (
+                "connection",
+                "Upgrade, keep-alive, x-drop-me, sec-websocket-key",
+            ),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+            ("x-drop-me", "1"),
+            ("proxy-authorization", "Basic c2VjcmV0"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-protocol", "chat"),
+            ("sec-websocket-protocol", "superchat"),
+            ("origin", "http://example.com"),
+        ]);
+        strip_hop_headers_keeping_upgrade(&mut map);
+        let mut left: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "connection",
+                "host",
+                "origin",
+                "sec-websocket-key",
+                "sec-websocket-protocol",
+                "sec-websocket-version",
+                "upgrade"
+            ]
+        );
+        assert_eq!(map["connection"], "upgrade");
+        assert_eq!(map["upgrade"], "websocket");
+        assert_eq!(map["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        let protocols: Vec<_> = map.get_all("sec-websocket-protocol").iter().collect();
+        assert_eq!(protocols, ["chat", "superchat"]);
+
+        // A 101 answer: the same rules.
+        let mut answer = headers(&[
+            ("connection", "upgrade, keep-alive"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+            ("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ]);
+        strip_hop_headers_keeping_upgrade(&mut answer);
+        assert_eq!(answer.len(), 3);
+        assert_eq!(answer["connection"], "upgrade");
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! Header rules (RFC 9110 §7.6.1): hop-by-hop headers (`Connection` and every header it names, `Keep-Alive`,
 //! `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) and every `Proxy-*` header are removed in both
 //! directions on plain requests, and `Host` is dropped in favour of `:authority` (RFC 9112 §3.2.2: a proxy uses the
-//! absolute-form authority). The WebSocket path keeps `Connection`/`Upgrade`: they travel inside the CONNECT stream as
-//! HTTP/1.1, where they are legal, so hop-by-hop removal never breaks the upgrade.
+//! absolute-form authority). The WebSocket path applies the same rules to the upgrade request and its `101`, sets
+//! `Host` from the URL's authority, and then puts back what the upgrade needs (`Connection: upgrade`, the `Upgrade`
+//! values, `Sec-WebSocket-*`): they travel inside the CONNECT stream as HTTP/1.1, where they are legal, so hop-by-hop
+//! removal never breaks the upgrade. An upgrade request announcing a body is refused with `400`.
 //!
 //! The agent proves the tunnel works with a request to [`PROBE_AUTHORITY`], which the server answers itself with
 //! `204` (TLS 1.3 refuses a client certificate only after the handshake, so a finished handshake proves nothing).
