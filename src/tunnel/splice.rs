@@ -183,7 +183,8 @@ where
         };
         let mut n = first.len();
         chunks.push(first);
-        // An end or error met here is met again by the next `chunk` (h2 reports them on every poll).
+        // An end or error met here is met again by the next `chunk`: h2 reports them on every poll (pinned by the
+        // tests of `tunnel::stream`).
         while chunks.len() < CHUNKS_PER_WRITE && n < GATHER_BYTES {
             let Some(Ok(Some(more))) = poll_once(reader.chunk()).await else {
                 break;
@@ -270,7 +271,8 @@ where
     }
     buf.reserve_exact(FIRST_BUFFER_BYTES);
     buf.push(first[0]);
-    // Whatever else is already there comes along; an EOF here shows on the next call.
+    // Whatever else is already there comes along; an EOF here shows on the next call (a socket reports it again,
+    // and so does a tunnel stream: see the tests of `tunnel::stream`). An error is not dropped.
     if let Some(read) = poll_once(reader.read_buf(buf)).await {
         read?;
     }

@@ -31,14 +31,20 @@ fn h2_to_io(err: h2::Error) -> io::Error {
     io::Error::other(err)
 }
 
-/// The receiving side of a CONNECT stream: the server's answer still awaited, or the data flowing.
+/// The receiving side of a CONNECT stream: the server's answer still awaited, the data flowing, or the answer a
+/// refusal.
 enum RecvSide {
     Waiting(ResponseFuture),
     Open(RecvStream),
+    /// The answer was not `200`, or never came. Kept so that every later read fails the same way: h2 gives a
+    /// `ResponseFuture`'s outcome once (polled again, it reports a protocol error, waits, or panics when data is
+    /// queued behind the answer).
+    Refused(io::ErrorKind, String),
 }
 
 /// A CONNECT stream as a byte stream. Writes go out at once, even before the server has answered (they wait in the
-/// stream's window); reads first wait for the answer and fail with `ConnectionRefused` unless it is `200`.
+/// stream's window); reads first wait for the answer and fail with `ConnectionRefused` unless it is `200` (every
+/// later read fails the same way).
 ///
 /// [`split`](Self::split) gives its two halves, which also move data as [`Bytes`] without copying it (what the
 /// relay between a socket and the tunnel uses); the `AsyncRead`/`AsyncWrite` impls copy, for callers that need
@@ -97,15 +103,22 @@ impl TunnelReader {
         loop {
             let recv = match &mut self.recv {
                 RecvSide::Waiting(response) => {
-                    let response = ready!(Pin::new(response).poll(cx)).map_err(h2_to_io)?;
-                    if response.status() != StatusCode::OK {
-                        return Poll::Ready(Err(io::Error::new(
+                    let err = match ready!(Pin::new(response).poll(cx)) {
+                        Ok(response) if response.status() == StatusCode::OK => {
+                            self.recv = RecvSide::Open(response.into_body());
+                            continue;
+                        }
+                        Ok(response) => io::Error::new(
                             io::ErrorKind::ConnectionRefused,
                             format!("server answered {}", response.status()),
-                        )));
-                    }
-                    self.recv = RecvSide::Open(response.into_body());
-                    continue;
+                        ),
+                        Err(err) => h2_to_io(err),
+                    };
+                    self.recv = RecvSide::Refused(err.kind(), err.to_string());
+                    return Poll::Ready(Err(err));
+                }
+                RecvSide::Refused(kind, message) => {
+                    return Poll::Ready(Err(io::Error::new(*kind, message.clone())));
                 }
                 RecvSide::Open(recv) => recv,
             };
@@ -139,7 +152,7 @@ impl TunnelReader {
 impl AsyncRead for TunnelReader {
     /// Hands over every chunk that has already arrived while `buf` has room (one write to the caller's socket
     /// instead of one per frame); waits only for the first. An end or error met while topping up is met again by
-    /// the next read (h2 reports them on every poll).
+    /// the next read: h2 reports them on every poll (pinned by this module's tests).
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -367,4 +380,285 @@ where
         send.send_reset(Reason::CANCEL);
     }
     result.map(|()| sent)
+}
+
+/// `TunnelReader::poll_read` and `splice::pump_out_of_tunnel` top up a read with the chunks that have already
+/// arrived and drop an end or error met while doing so; the WebSocket path's `splice::fill` drops an EOF met the
+/// same way. They rely on h2 reporting that end or error again on the next poll (`RecvStream::poll_data` gives
+/// `None`, or the same error, every time), and `poll_granted` on `SendStream::poll_reset` reporting a reset after
+/// `poll_capacity` has already said the stream can take no more. These tests pin that behaviour against h2
+/// itself, over a real client and server connection, so an h2 upgrade that changed it fails here. h2 does not
+/// repeat a `ResponseFuture`'s outcome, so a refused stream keeps its refusal itself (`RecvSide::Refused`).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use h2::server::SendResponse;
+    use http::Request;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::sync::mpsc;
+
+    /// Limit for anything a test awaits: h2 answers on an in-memory pipe at once.
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// What the server side saw of one request.
+    type Incoming = (Request<RecvStream>, SendResponse<Bytes>);
+
+    /// A client and a server h2 connection over an in-memory pipe, both driven by tasks; the server's requests
+    /// arrive on the channel. Aborting `server` drops its connection and its end of the pipe.
+    struct Pair {
+        client: h2::client::SendRequest<Bytes>,
+        requests: mpsc::UnboundedReceiver<Incoming>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    async fn pair() -> Pair {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let (tx, requests) = mpsc::unbounded_channel();
+        let server = tokio::spawn(async move {
+            let Ok(mut connection) = h2::server::handshake(server_io).await else {
+                return;
+            };
+            while let Some(Ok(incoming)) = connection.accept().await {
+                let _ = tx.send(incoming);
+            }
+        });
+        let (client, connection) = tokio::time::timeout(WAIT, h2::client::handshake(client_io))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Pair {
+            client,
+            requests,
+            server,
+        }
+    }
+
+    /// Opens a stream from the client; returns the client's halves and the server's.
+    async fn open(
+        pair: &mut Pair,
+    ) -> (SendStream<Bytes>, RecvStream, RecvStream, SendStream<Bytes>) {
+        let request = Request::connect("target.test:443").body(()).unwrap();
+        let (response, client_send) = pair.client.send_request(request, false).unwrap();
+        let (request, mut respond) = tokio::time::timeout(WAIT, pair.requests.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let server_send = respond
+            .send_response(http::Response::new(()), false)
+            .unwrap();
+        let response = tokio::time::timeout(WAIT, response).await.unwrap().unwrap();
+        (
+            client_send,
+            response.into_body(),
+            request.into_body(),
+            server_send,
+        )
+    }
+
+    /// Polls once, without waiting.
+    async fn poll_now<T>(mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
+        std::future::poll_fn(|cx| Poll::Ready(poll(cx))).await
+    }
+
+    /// Waits (within [`WAIT`]) past the data for what ends `recv`: `None` or an error.
+    async fn data_then_end(recv: &mut RecvStream) -> (Vec<u8>, Option<h2::Error>) {
+        let mut data = Vec::new();
+        loop {
+            let next = tokio::time::timeout(WAIT, std::future::poll_fn(|cx| recv.poll_data(cx)))
+                .await
+                .unwrap();
+            match next {
+                Some(Ok(chunk)) => {
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                    data.extend_from_slice(&chunk);
+                }
+                Some(Err(err)) => return (data, Some(err)),
+                None => return (data, None),
+            }
+        }
+    }
+
+    /// The end as the repeat must match it: `None`, or the error's reason and text.
+    fn describe(end: Option<&h2::Error>) -> Option<(Option<Reason>, bool, String)> {
+        end.map(|err| (err.reason(), err.is_io(), err.to_string()))
+    }
+
+    /// Checks that the next polls of `recv` give `end` again at once.
+    async fn assert_end_repeats(recv: &mut RecvStream, end: Option<&h2::Error>) {
+        for _ in 0..3 {
+            match poll_now(|cx| recv.poll_data(cx)).await {
+                Poll::Ready(Some(Ok(chunk))) => panic!("data after the end: {chunk:?}"),
+                Poll::Ready(again) => {
+                    let again = again.map(|result| result.expect_err("an error, as before"));
+                    assert_eq!(describe(again.as_ref()), describe(end));
+                }
+                Poll::Pending => panic!("h2 forgot the end it reported: {:?}", describe(end)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn h2_reports_the_end_of_a_stream_on_every_poll() {
+        let mut pair = pair().await;
+        let (mut client_send, mut client_recv, mut server_recv, mut server_send) =
+            open(&mut pair).await;
+        // Data and END_STREAM in one go, both ways.
+        server_send
+            .send_data(Bytes::from_static(b"down"), true)
+            .unwrap();
+        client_send
+            .send_data(Bytes::from_static(b"up"), true)
+            .unwrap();
+        let (data, end) = data_then_end(&mut client_recv).await;
+        assert_eq!(
+            (data.as_slice(), describe(end.as_ref())),
+            (&b"down"[..], None)
+        );
+        assert_end_repeats(&mut client_recv, None).await;
+        let (data, end) = data_then_end(&mut server_recv).await;
+        assert_eq!(
+            (data.as_slice(), describe(end.as_ref())),
+            (&b"up"[..], None)
+        );
+        assert_end_repeats(&mut server_recv, None).await;
+    }
+
+    #[tokio::test]
+    async fn h2_reports_a_reset_on_every_poll_of_both_halves() {
+        for reason in [Reason::INTERNAL_ERROR, Reason::CANCEL, Reason::NO_ERROR] {
+            let mut pair = pair().await;
+            let (mut client_send, mut client_recv, _server_recv, mut server_send) =
+                open(&mut pair).await;
+            server_send
+                .send_data(Bytes::from_static(b"partial"), false)
+                .unwrap();
+            server_send.send_reset(reason);
+
+            let (_, end) = data_then_end(&mut client_recv).await;
+            let end = end.unwrap_or_else(|| panic!("{reason:?}: a reset read as a clean end"));
+            assert_eq!(end.reason(), Some(reason));
+            assert_end_repeats(&mut client_recv, Some(&end)).await;
+
+            // The sending half: no more capacity, and the reset's reason, each time it is asked.
+            for _ in 0..3 {
+                client_send.reserve_capacity(1024);
+                match poll_now(|cx| client_send.poll_capacity(cx)).await {
+                    Poll::Ready(None | Some(Err(_))) => {}
+                    other => panic!("{reason:?}: capacity after a reset: {other:?}"),
+                }
+                match poll_now(|cx| client_send.poll_reset(cx)).await {
+                    Poll::Ready(Ok(again)) => assert_eq!(again, reason),
+                    other => panic!("{reason:?}: poll_reset after a reset: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn h2_reports_a_lost_connection_on_every_poll() {
+        let mut pair = pair().await;
+        let (mut client_send, mut client_recv, _server_recv, _server_send) = open(&mut pair).await;
+        pair.server.abort();
+        let (_, end) = data_then_end(&mut client_recv).await;
+        let end = end.expect("a lost connection is an error, not a clean end");
+        assert_end_repeats(&mut client_recv, Some(&end)).await;
+        for _ in 0..3 {
+            client_send.reserve_capacity(1024);
+            assert!(
+                matches!(
+                    poll_now(|cx| client_send.poll_capacity(cx)).await,
+                    Poll::Ready(None | Some(Err(_)))
+                ),
+                "capacity on a lost connection"
+            );
+            assert!(
+                matches!(
+                    poll_now(|cx| client_send.poll_reset(cx)).await,
+                    Poll::Ready(_)
+                ),
+                "poll_reset on a lost connection waits"
+            );
+        }
+    }
+
+    /// An h2 `ResponseFuture` does not report its answer twice (polled again, it waits, or panics when data is
+    /// queued), so a stream whose CONNECT was refused keeps the refusal itself and gives it on every read.
+    #[tokio::test]
+    async fn a_refused_stream_reports_the_refusal_on_every_read() {
+        let mut pair = pair().await;
+        let request = Request::connect("target.test:443").body(()).unwrap();
+        let (response, send) = pair.client.send_request(request, false).unwrap();
+        let (_request, mut respond) = tokio::time::timeout(WAIT, pair.requests.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let refusal = http::Response::builder().status(403).body(()).unwrap();
+        let mut body = respond.send_response(refusal, false).unwrap();
+        body.send_data(Bytes::from_static(b"refused\n"), true)
+            .unwrap();
+        let (mut reader, _writer) = TunnelStream::awaiting(send, response).split();
+        for _ in 0..3 {
+            let err = tokio::time::timeout(WAIT, reader.chunk())
+                .await
+                .expect("the refusal again, at once")
+                .expect_err("a refusal");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+            assert!(err.to_string().contains("403"), "{err}");
+        }
+    }
+
+    /// What the top-up in `TunnelReader::poll_read` relies on, end to end: data and END_STREAM that arrive
+    /// together come out as the data, then an EOF on every later read; a reset as the same error every time.
+    #[tokio::test]
+    async fn a_tunnel_stream_reports_its_end_on_every_read() {
+        let mut pair = pair().await;
+        let (client_send, client_recv, _server_recv, mut server_send) = open(&mut pair).await;
+        server_send
+            .send_data(Bytes::from_static(b"last words"), true)
+            .unwrap();
+        let mut stream = TunnelStream::open(client_send, client_recv);
+        let mut buf = vec![0u8; 64];
+        let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"last words");
+        for _ in 0..3 {
+            let n = tokio::time::timeout(WAIT, stream.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(n, 0, "EOF again");
+        }
+
+        let (client_send, client_recv, _server_recv, mut server_send) = open(&mut pair).await;
+        server_send
+            .send_data(Bytes::from_static(b"cut"), false)
+            .unwrap();
+        server_send.send_reset(Reason::INTERNAL_ERROR);
+        let (mut reader, _writer) = TunnelStream::open(client_send, client_recv).split();
+        let mut got = Vec::new();
+        let err = loop {
+            match tokio::time::timeout(WAIT, reader.chunk()).await.unwrap() {
+                Ok(Some(chunk)) => got.extend_from_slice(&chunk),
+                Ok(None) => panic!("a reset read as a clean end"),
+                Err(err) => break err,
+            }
+        };
+        assert!(b"cut".starts_with(&got));
+        for _ in 0..3 {
+            let again = tokio::time::timeout(WAIT, reader.chunk())
+                .await
+                .unwrap()
+                .expect_err("the reset again");
+            assert_eq!(
+                (again.kind(), again.to_string()),
+                (err.kind(), err.to_string())
+            );
+        }
+    }
 }
