@@ -851,7 +851,9 @@ fn agent_save_writes_the_flag_into_the_yaml_keeping_other_keys_in_order() {
 fn agent_save_keeps_a_private_config_private() {
     let tmp = TempDir::new().unwrap();
     certs_init(tmp.path());
-    let proxy_port = free_port();
+    let proxy = ReservedPort::new();
+    let proxy_port = proxy.port();
+    let no_server = closed_port();
     let config = tmp.path().join("agent.yaml");
     write_file(
         &config,
@@ -860,7 +862,7 @@ fn agent_save_keeps_a_private_config_private() {
              server_port: {}\n\
              local_proxy_port: {proxy_port}\n\
              proxy_auth: \"alice:s3cret\"\n",
-            free_port()
+            no_server.addr.port()
         ),
     );
     fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
