@@ -14,7 +14,8 @@
 //!   certificates (rcgen); `tls`: rustls configurations and TLS material checks.
 //! - `error`: the one mapping from failures to HTTP statuses; `metrics`: counters, gauges and counted bodies, and
 //!   their rendering; `shutdown`: signals and graceful drain; `expiry`: certificate expiry while a role runs;
-//!   `admin`: `/healthz` and `/metrics`; `shard`: worker threads that connections are handed to whole.
+//!   `reload`: reloading the TLS material when its files change; `admin`: `/healthz` and `/metrics`; `shard`:
+//!   worker threads that connections are handed to whole.
 //! - `agent`: the proxy listener, its service, and the tunnel keeper. `server`: the TLS accept loop, the HTTP/2
 //!   service, target dialing, the pool of target connections and the destination policy.
 //! - `up`: server and agent in one process; `cli`: the command line (clap).
@@ -38,6 +39,7 @@ mod admin;
 mod error;
 mod expiry;
 mod metrics;
+mod reload;
 mod rules;
 mod shard;
 mod tunnel;

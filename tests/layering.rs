@@ -9,7 +9,7 @@ const LAYERS: &[&[&str]] = &[
     &["tunnel", "rules"],
     &["certs", "tls", "config"],
     &["error", "metrics", "shutdown"],
-    &["expiry", "admin", "shard"],
+    &["expiry", "reload", "admin", "shard"],
     &["agent", "server"],
     &["up", "cli", "fuzzing"],
 ];

@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 use crate::config::AgentConfig;
 use crate::expiry;
 use crate::metrics::AgentMetrics;
+use crate::reload::{self, Watched};
 use crate::shard::{Shards, counted, least_loaded};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
@@ -50,8 +51,13 @@ pub struct Agent {
     per_tunnel: Vec<Arc<Shared>>,
     keepers: Vec<Keeper>,
     tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
+    /// The TLS files as they were when loaded, looked at every `poll` while running.
+    files: Watched,
+    poll: Duration,
 }
-/// Reloads the agent's certificate, key and CA (SIGHUP); the next tunnel uses them, the current one stays up.
+
+/// Reloads the agent's certificate, key and CA (on SIGHUP, and when their files change); the next tunnel uses them,
+/// the current one stays up.
 #[derive(Clone)]
 pub struct AgentReload {
     config: AgentConfig,
@@ -92,6 +98,12 @@ impl Agent {
     /// # Errors
     /// Unusable certificates or keys (the message names the file) or a port that cannot be bound.
     pub async fn bind(config: AgentConfig) -> anyhow::Result<Self> {
+        let tls = &config.tls;
+        let files = Watched::new(vec![
+            tls.cert_file.clone(),
+            tls.key_file.clone(),
+            tls.ca_cert_file.clone(),
+        ]);
         let tls_config = Arc::new(RwLock::new(load_tls(&config)?));
         let listener = TcpListener::bind(config.listen)
             .await
@@ -132,7 +144,16 @@ impl Agent {
             per_tunnel,
             keepers,
             tls: tls_config,
+            files,
+            poll: reload::POLL_INTERVAL,
         })
+    }
+
+    /// Looks at the TLS files for changes every `every` instead of every 2 s (tests use a shorter interval).
+    #[must_use]
+    pub fn poll_files_every(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
     }
 
     /// The proxy address callers use.
@@ -155,7 +176,8 @@ impl Agent {
     }
 
     /// Keeps the tunnels up and serves callers until `shutdown` is cancelled; then stops accepting, lets requests
-    /// and streams finish for the grace period, and returns.
+    /// and streams finish for the grace period, and returns. While it runs, the TLS files are looked at for changes
+    /// and reloaded (see [`AgentReload`]).
     ///
     /// The first tunnel and its callers run on the caller's runtime; with `tunnels` above 1, each further tunnel
     /// runs on a thread of its own, and each new caller connection goes to the tunnel serving the fewest, so that
@@ -164,6 +186,7 @@ impl Agent {
     /// # Errors
     /// When the threads for further tunnels cannot be started.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let reloader = self.reloader();
         let per_tunnel = self.per_tunnel;
         let shared = per_tunnel[0].clone();
         let drain = shared.drain.clone();
@@ -187,6 +210,9 @@ impl Agent {
             shared.metrics.cert_expiry_seconds.clone(),
             "agent",
         );
+        reload::watch(&drain, self.files, self.poll, "agent", move || {
+            reloader.reload()
+        });
         info!(addr = %self.listener.local_addr()?, tunnels = per_tunnel.len(), "agent listening");
         // Caller connections served on this thread (the others count their own).
         let here = Arc::new(AtomicUsize::new(0));

@@ -26,6 +26,7 @@ use crate::config::ServerConfig;
 use crate::error::BoxError;
 use crate::expiry;
 use crate::metrics::ServerMetrics;
+use crate::reload::{self, Watched};
 use crate::shutdown::{Drain, GRACE_PERIOD};
 use crate::tls;
 use crate::tunnel::transport;
@@ -62,10 +63,13 @@ pub struct Server {
     listener: TcpListener,
     health: TcpListener,
     shared: Arc<Shared>,
+    /// The TLS files as they were when loaded, looked at every `poll` while running.
+    files: Watched,
+    poll: Duration,
 }
 
-/// Reloads the server's certificates, CA and CRL (SIGHUP). New handshakes use the new material; established tunnels
-/// stay up.
+/// Reloads the server's certificates, key, CA and CRL (on SIGHUP, and when their files change). New handshakes use
+/// the new material; established tunnels stay up, except those whose client certificate the new CRL revokes.
 #[derive(Clone)]
 pub struct ServerReload(Arc<Shared>);
 
@@ -99,6 +103,16 @@ impl ServerReload {
     }
 }
 
+/// The files of the server's TLS material, in the order they are watched.
+fn tls_files(config: &ServerConfig) -> Vec<std::path::PathBuf> {
+    let tls = &config.tls;
+    [&tls.cert_file, &tls.key_file, &tls.ca_cert_file]
+        .into_iter()
+        .chain(&config.crl_file)
+        .cloned()
+        .collect()
+}
+
 fn load_tls(config: &ServerConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     Ok(tls::load_server_config(
         &config.tls.cert_file,
@@ -115,6 +129,7 @@ impl Server {
     /// Unusable certificates or keys (the message names the file), a bad destination rule, or a port that cannot
     /// be bound.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let files = Watched::new(tls_files(&config));
         let tls_config = load_tls(&config)?;
         let policy = TargetPolicy::new(
             config.allow_private_targets,
@@ -155,7 +170,16 @@ impl Server {
                 drain,
                 config,
             }),
+            files,
+            poll: reload::POLL_INTERVAL,
         })
+    }
+
+    /// Looks at the TLS files for changes every `every` instead of every 2 s (tests use a shorter interval).
+    #[must_use]
+    pub fn poll_files_every(mut self, every: Duration) -> Self {
+        self.poll = every;
+        self
     }
 
     /// The address agents connect to.
@@ -184,7 +208,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets streams finish for the grace period, and
-    /// returns.
+    /// returns. While it serves, the TLS files are looked at for changes and reloaded (see [`ServerReload`]).
     ///
     /// # Errors
     /// None at present; the signature leaves room for fatal listener errors.
@@ -205,6 +229,10 @@ impl Server {
             shared.metrics.cert_expiry_seconds.clone(),
             "server",
         );
+        let reloader = ServerReload(shared.clone());
+        reload::watch(&drain, self.files, self.poll, "server", move || {
+            reloader.reload()
+        });
         let local = self.listener.local_addr()?;
         info!(addr = %local, health = %health_addr, "server listening");
         let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.max_connections));
