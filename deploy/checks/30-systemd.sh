@@ -54,11 +54,14 @@ say "$(systemd-analyze --version | head -n1)"
 
 # --- the binary the units name -----------------------------------------------------------------------------------
 # The units only need an executable at the path they name; a debug build serves as well as a release one.
-if [[ -x target/release/fluidity ]]; then
-    BIN=$ROOT/target/release/fluidity
-elif [[ -x target/debug/fluidity ]]; then
-    BIN=$ROOT/target/debug/fluidity
-else
+# The newer of the release and debug builds (a stale one may predate the current source); else a debug build.
+BIN=
+for candidate in "$ROOT/target/release/fluidity" "$ROOT/target/debug/fluidity"; do
+    if [[ -x "$candidate" ]] && { [[ -z "$BIN" ]] || [[ "$candidate" -nt "$BIN" ]]; }; then
+        BIN=$candidate
+    fi
+done
+if [[ -z "$BIN" ]]; then
     say "building target/debug/fluidity"
     cargo build --locked --quiet
     BIN=$ROOT/target/debug/fluidity

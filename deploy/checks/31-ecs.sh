@@ -38,15 +38,19 @@ for tool in setpriv curl; do
     command -v "$tool" >/dev/null || fail "$tool is missing (util-linux, curl)"
 done
 
-if [[ -x target/release/fluidity ]]; then
-    BIN=$ROOT/target/release/fluidity
-elif [[ -x target/debug/fluidity ]]; then
-    BIN=$ROOT/target/debug/fluidity
-else
+# The newer of the release and debug builds (a stale one may predate the current source); else a debug build.
+BIN=
+for candidate in "$ROOT/target/release/fluidity" "$ROOT/target/debug/fluidity"; do
+    if [[ -x "$candidate" ]] && { [[ -z "$BIN" ]] || [[ "$candidate" -nt "$BIN" ]]; }; then
+        BIN=$candidate
+    fi
+done
+if [[ -z "$BIN" ]]; then
     say "building target/debug/fluidity"
     cargo build --locked --quiet
     BIN=$ROOT/target/debug/fluidity
 fi
+say "binary: $BIN"
 
 # --- the JSON against the API ------------------------------------------------------------------------------------
 "$BIN" server --help | grep -o 'env: FLUIDITY_[A-Z_]*' | sed 's/env: //' | sort -u >"$WORK/server-env"
