@@ -7,35 +7,9 @@
 mod common;
 
 use common::*;
-use http::{Method, Request, StatusCode};
-use std::sync::Arc;
+use http::StatusCode;
 
 /// Tries to open a CONNECT stream to `target` over a fresh tunnel with `config`; true if the server let it through.
-async fn server_accepts(
-    server: std::net::SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-    target: &str,
-) -> bool {
-    let Ok((sender, conn)) = open_tunnel(server, config).await else {
-        return false;
-    };
-    let _conn = AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(target)
-        .body(())
-        .unwrap();
-    let Ok(mut sender) = sender.ready().await else {
-        return false;
-    };
-    let Ok((response, _send)) = sender.send_request(request, false) else {
-        return false;
-    };
-    matches!(response.await, Ok(response) if response.status() == StatusCode::OK)
-}
-
 async fn handshake_failures(health: std::net::SocketAddr) -> u64 {
     metric(health, "fluidity_server_handshake_failures_total")
         .await

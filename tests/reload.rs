@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use fluidity::certs;
 use fluidity::config::{AgentConfig, ServerConfig, TlsFiles};
-use http::{Method, Request, StatusCode};
+use http::StatusCode;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use std::net::SocketAddr;
@@ -119,24 +119,8 @@ async fn served(server: SocketAddr, pki: &TestPki) -> Seen {
     seen(&chain[0])
 }
 
-/// Opens a CONNECT stream to `target` on `sender`; true when the server answered 200.
-async fn connect_passes(sender: h2::client::SendRequest<bytes::Bytes>, target: &str) -> bool {
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(target)
-        .body(())
-        .unwrap();
-    let Ok(mut sender) = sender.ready().await else {
-        return false;
-    };
-    let Ok((response, _send)) = sender.send_request(request, false) else {
-        return false;
-    };
-    matches!(response.await, Ok(response) if response.status() == StatusCode::OK)
-}
-
 /// Opens a fresh tunnel with `identity` and a CONNECT stream to `target` on it; true when the server let it through.
-async fn server_accepts(
+async fn accepts_identity(
     server: SocketAddr,
     pki: &TestPki,
     identity: &TlsFiles,
@@ -147,13 +131,7 @@ async fn server_accepts(
         Some(identity),
         &[&rustls::version::TLS13],
     );
-    let Ok((sender, conn)) = open_tunnel(server, config).await else {
-        return false;
-    };
-    let _conn = AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-    connect_passes(sender, target).await
+    server_accepts(server, config, target).await
 }
 
 fn read(path: &Path) -> String {
@@ -276,7 +254,7 @@ async fn a_crl_changed_on_disk_closes_the_revoked_agents_tunnel_and_refuses_it()
         let agent = start_agent(agent_config(&pki, server.addr)).await;
         let echo = spawn_echo().await;
         let target = echo.addr.to_string();
-        assert!(server_accepts(server.addr, &pki, &pki.client_tls(), &target).await);
+        assert!(accepts_identity(server.addr, &pki, &pki.client_tls(), &target).await);
 
         // Rewrites crl.pem (through a rename, as cert-manager and editors do); no signal, no reload call.
         certs::revoke(pki.dir.path(), &pki.path("client.crt")).unwrap();
@@ -297,7 +275,7 @@ async fn a_crl_changed_on_disk_closes_the_revoked_agents_tunnel_and_refuses_it()
         .await;
         assert_eq!(health_status(agent.addr).await, Some(503));
         assert!(
-            !server_accepts(server.addr, &pki, &pki.client_tls(), &target).await,
+            !accepts_identity(server.addr, &pki, &pki.client_tls(), &target).await,
             "a new handshake with the revoked certificate is refused"
         );
     })
@@ -370,7 +348,7 @@ async fn a_mismatched_or_half_written_key_keeps_the_old_certificate_in_use() {
             "the old pair stays in use"
         );
         assert!(
-            server_accepts(
+            accepts_identity(
                 server.addr,
                 &pki,
                 &pki.client_tls(),

@@ -10,6 +10,7 @@ use super::client::{parse_status, raw_request};
 use super::eventually;
 use super::pki::TestPki;
 use super::relays::Relay;
+use super::targets::AbortOnDrop;
 use bytes::Bytes;
 use fluidity::config::{AgentConfig, ServerConfig};
 use fluidity::{Agent, Server};
@@ -194,6 +195,38 @@ pub async fn open_tunnel(
         .connect("localhost".try_into().unwrap(), tcp)
         .await?;
     Ok(h2::client::handshake(tls).await?)
+}
+
+/// Opens a CONNECT stream to `target` on `sender`; true when the server answered 200.
+pub async fn connect_passes(sender: h2::client::SendRequest<Bytes>, target: &str) -> bool {
+    let request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(target)
+        .body(())
+        .unwrap();
+    let Ok(mut sender) = sender.ready().await else {
+        return false;
+    };
+    let Ok((response, _send)) = sender.send_request(request, false) else {
+        return false;
+    };
+    matches!(response.await, Ok(response) if response.status() == http::StatusCode::OK)
+}
+
+/// Opens a fresh tunnel to `server` with `config` and a CONNECT stream to `target` on it; true when the server let
+/// it through.
+pub async fn server_accepts(
+    server: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    target: &str,
+) -> bool {
+    let Ok((sender, conn)) = open_tunnel(server, config).await else {
+        return false;
+    };
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    connect_passes(sender, target).await
 }
 
 /// Reads a counter or gauge from Prometheus text.
