@@ -223,15 +223,7 @@ pub fn init_dir(
     } else {
         server_sans.to_vec()
     };
-    let names = [
-        CA_CERT_FILE,
-        CA_KEY_FILE,
-        SERVER_CERT_FILE,
-        SERVER_KEY_FILE,
-        CLIENT_CERT_FILE,
-        CLIENT_KEY_FILE,
-    ];
-    let paths: Vec<PathBuf> = names.iter().map(|name| out.join(name)).collect();
+    let paths = init_paths(out);
     if !force {
         refuse_existing(&paths)?;
     }
@@ -247,6 +239,37 @@ pub fn init_dir(
         write_file(&files[1], &pair.key, force, KEY_FILE_MODE)?;
     }
     Ok(paths)
+}
+
+/// The six files [`init_dir`] writes into `out`, in the order it writes them.
+fn init_paths(out: &Path) -> Vec<PathBuf> {
+    [
+        CA_CERT_FILE,
+        CA_KEY_FILE,
+        SERVER_CERT_FILE,
+        SERVER_KEY_FILE,
+        CLIENT_CERT_FILE,
+        CLIENT_KEY_FILE,
+    ]
+    .iter()
+    .map(|name| out.join(name))
+    .collect()
+}
+
+/// Whether every file [`init_dir`] writes is already in `out` (`certs init --if-missing` then writes nothing).
+/// Only presence is checked: the role that loads the files judges their content.
+///
+/// # Errors
+/// [`CertError::Io`] when a file's presence cannot be told (a permission error on the folder, say).
+pub fn init_complete(out: &Path) -> Result<bool, CertError> {
+    for path in init_paths(out) {
+        match fs::symlink_metadata(&path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(CertError::io(&path)(e)),
+        }
+    }
+    Ok(true)
 }
 
 /// Issues one more client certificate from the CA in `ca_dir`, written as `out/NAME.crt` and
@@ -688,6 +711,17 @@ mod tests {
             !dir.path().join(CA_CERT_FILE).exists(),
             "nothing written on refusal"
         );
+    }
+
+    #[test]
+    fn init_complete_is_true_only_when_all_six_files_are_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!init_complete(dir.path()).expect("empty folder"));
+        assert!(!init_complete(&dir.path().join("missing")).expect("missing folder"));
+        init_dir(dir.path(), &[], "agent", 30, false).expect("init");
+        assert!(init_complete(dir.path()).expect("full folder"));
+        fs::remove_file(dir.path().join(CLIENT_KEY_FILE)).expect("remove one");
+        assert!(!init_complete(dir.path()).expect("partial folder"));
     }
 
     #[test]

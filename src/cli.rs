@@ -81,8 +81,12 @@ pub enum CertsCommand {
         #[arg(long, value_name = "N", default_value_t = DEFAULT_CERT_DAYS)]
         days: u32,
         /// Overwrite existing files
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_missing")]
         force: bool,
+        /// Exit 0 without writing anything when every file is already there (for a one-shot init in a container);
+        /// a folder holding only some of them is still an error
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Issue one more client certificate from an existing CA: OUT/NAME.crt and OUT/NAME.key
     Issue {
@@ -246,6 +250,21 @@ mod tests {
     }
 
     #[test]
+    fn certs_init_if_missing_conflicts_with_force() {
+        let err = Cli::try_parse_from([
+            "fluidity",
+            "certs",
+            "init",
+            "--out",
+            "pki",
+            "--force",
+            "--if-missing",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
     fn certs_init_defaults() {
         let cli = Cli::try_parse_from(["fluidity", "certs", "init", "--out", "pki"])
             .expect("valid command line");
@@ -257,11 +276,13 @@ mod tests {
                     client_cn,
                     days,
                     force,
+                    if_missing,
                 },
         } = cli.command
         else {
             panic!("expected certs init");
         };
+        assert!(!if_missing);
         assert_eq!(out, PathBuf::from("pki"));
         assert!(server_san.is_empty());
         assert_eq!(client_cn, DEFAULT_CLIENT_CN);

@@ -190,7 +190,18 @@ fn run_certs(command: CertsCommand) -> ExitCode {
             client_cn,
             days,
             force,
-        } => certs::init_dir(&out, &server_san, &client_cn, days, force),
+            if_missing,
+        } => match if_missing.then(|| certs::init_complete(&out)) {
+            Some(Ok(true)) => {
+                println!(
+                    "{}: every certificate file is already there; nothing written",
+                    out.display()
+                );
+                return ExitCode::SUCCESS;
+            }
+            Some(Err(err)) => Err(err),
+            _ => certs::init_dir(&out, &server_san, &client_cn, days, force),
+        },
         CertsCommand::Issue {
             ca_dir,
             client,

@@ -399,6 +399,48 @@ fn certs_init_refuses_to_overwrite_without_force_and_overwrites_with_it() {
 }
 
 #[test]
+fn certs_init_if_missing_writes_once_then_exits_0_writing_nothing_but_refuses_a_partial_set() {
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("certs");
+    let init = || {
+        run(fluidity(tmp.path())
+            .args(["certs", "init", "--if-missing", "--out"])
+            .arg(&out))
+    };
+    let first = init();
+    assert_exit_code(&first, 0);
+    for name in KEY_FILES {
+        assert_private_key(&out.join(name));
+    }
+    let read_all = || -> Vec<Vec<u8>> {
+        CERT_FILES
+            .iter()
+            .chain(&KEY_FILES)
+            .map(|name| fs::read(out.join(name)).unwrap())
+            .collect()
+    };
+    let before = read_all();
+
+    let second = init();
+    assert_exit_code(&second, 0);
+    assert!(
+        second.stdout.contains("nothing written"),
+        "{}",
+        second.stdout
+    );
+    assert_eq!(read_all(), before, "--if-missing rewrote existing files");
+
+    fs::remove_file(out.join("client.key")).unwrap();
+    let partial = init();
+    assert_exit_code(&partial, 1);
+    assert!(partial.stderr.contains("--force"), "{}", partial.stderr);
+    assert!(
+        !out.join("client.key").exists(),
+        "a partial set was completed with a key from another CA"
+    );
+}
+
+#[test]
 fn certs_init_server_san_values_are_in_the_server_certificate() {
     let tmp = TempDir::new().unwrap();
     let out = tmp.path().join("pki");
