@@ -1,4 +1,5 @@
-//! The command line: `fluidity certs {init, issue, revoke}`, `server`, `agent` and `up`, as clap derive structs.
+//! The command line: `fluidity certs {init, issue, revoke}`, `server`, `agent`, `up` and `health`, as clap derive
+//! structs.
 //!
 //! The doc comments here are the `--help` text. The option structs of `server` and `agent` are the configuration
 //! layers themselves ([`ServerLayer`], [`AgentLayer`]), flattened in, so every YAML key is also a flag.
@@ -41,6 +42,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// Run server and agent together on this machine, with generated certificates
     Up(UpArgs),
+    /// Check a /healthz endpoint: exit 0 when it answers 200, 1 otherwise (a container HEALTHCHECK without a shell)
+    Health(HealthArgs),
 }
 
 impl Cli {
@@ -157,6 +160,19 @@ pub struct UpArgs {
     pub log_level: Option<String>,
 }
 
+/// `fluidity health`
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The URL to GET (default: /healthz on the server's health_addr, taken from --config, FLUIDITY_HEALTH_ADDR or
+    /// the built-in 127.0.0.1:8081; an address of 0.0.0.0 is checked on 127.0.0.1). An agent answers
+    /// http://127.0.0.1:PROXY_PORT/healthz.
+    #[arg(value_name = "URL")]
+    pub url: Option<String>,
+    /// The server's YAML configuration file, to read health_addr from
+    #[arg(long, short, value_name = "FILE", conflicts_with = "url")]
+    pub config: Option<PathBuf>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +278,24 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn health_takes_a_url_or_a_config_but_not_both() {
+        let cli = Cli::try_parse_from(["fluidity", "health"]).expect("valid command line");
+        let Command::Health(args) = cli.command else {
+            panic!("expected the health command");
+        };
+        assert_eq!((args.url, args.config), (None, None));
+        let cli = Cli::try_parse_from(["fluidity", "health", "http://127.0.0.1:9/healthz"])
+            .expect("valid command line");
+        let Command::Health(args) = cli.command else {
+            panic!("expected the health command");
+        };
+        assert_eq!(args.url.as_deref(), Some("http://127.0.0.1:9/healthz"));
+        assert!(
+            Cli::try_parse_from(["fluidity", "health", "--config", "s.yaml", "http://x/"]).is_err()
+        );
     }
 
     #[test]

@@ -44,5 +44,6 @@ mod rules;
 mod shard;
 mod tunnel;
 
+pub use admin::{HEALTH_CHECK_TIMEOUT, HealthCheckError, check_health, health_url};
 pub use agent::Agent;
 pub use server::Server;

@@ -7,7 +7,7 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use tracing::{error, info};
 
-use fluidity::cli::{AgentArgs, CertsCommand, Cli, Command, ServerArgs, UpArgs};
+use fluidity::cli::{AgentArgs, CertsCommand, Cli, Command, HealthArgs, ServerArgs, UpArgs};
 use fluidity::config::{self, LogFormat, LogSettings};
 use fluidity::shutdown;
 use fluidity::up::{self, Up};
@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Server(args) => run_server(args, &env),
         Command::Agent(args) => run_agent(args, &env),
         Command::Up(args) => run_up(args, &env),
+        Command::Health(args) => run_health(args, &env),
     }
 }
 
@@ -179,6 +180,34 @@ fn run_up(args: UpArgs, env: &HashMap<String, String>) -> ExitCode {
         });
         up.run(token).await
     })
+}
+
+/// `fluidity health`: GET the URL (or the server's health address) once; 0 on 200, 1 with a one-line reason
+/// otherwise, 2 for a bad configuration file.
+fn run_health(args: HealthArgs, env: &HashMap<String, String>) -> ExitCode {
+    let url = match args.url {
+        Some(url) => url,
+        None => match config::load_server(args.config.as_deref(), &Default::default(), env) {
+            Ok(config) => fluidity::health_url(config.health_addr),
+            Err(err) => return config_failure(err),
+        },
+    };
+    let checked = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt
+            .block_on(fluidity::check_health(&url, fluidity::HEALTH_CHECK_TIMEOUT))
+            .map_err(|err| err.to_string()),
+        Err(err) => Err(format!("cannot start the runtime: {err}")),
+    };
+    match checked {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("fluidity: {url}: unhealthy: {reason}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[expect(clippy::print_stdout, reason = "certs reports the files it wrote")]

@@ -790,6 +790,84 @@ async fn server_and_an_agent_with_two_tunnels_relay_a_request_and_exit_0_on_sigt
     assert_exit_code(&server_done, 0);
 }
 
+#[test]
+fn health_exits_0_when_healthz_answers_200_and_1_with_a_reason_otherwise() {
+    let tmp = TempDir::new().unwrap();
+    let certs = certs_init(tmp.path());
+    let (server, _, health) = start_server(tmp.path(), &certs, &[]);
+
+    let url = format!("http://{health}/healthz");
+    let healthy = run(fluidity(tmp.path()).args(["health", &url]));
+    assert_exit_code(&healthy, 0);
+
+    // The address from the server's own configuration, bound to every address: checked on loopback.
+    let config = tmp.path().join("server.yaml");
+    write_file(
+        &config,
+        &format!("health_addr: 0.0.0.0:{}\n", health.port()),
+    );
+    let from_config = run(fluidity(tmp.path())
+        .args(["health", "--config"])
+        .arg(&config));
+    assert_exit_code(&from_config, 0);
+
+    // An agent whose tunnel cannot come up answers its /healthz with 503.
+    let proxy = loopback(free_port());
+    let mut agent = Proc::spawn(
+        fluidity(tmp.path())
+            .args(["agent", "--server-ip", "127.0.0.1", "--server-port"])
+            .arg(free_port().to_string())
+            .arg("--local-proxy-port")
+            .arg(proxy.port().to_string())
+            .arg("--cert-file")
+            .arg(certs.join("client.crt"))
+            .arg("--key-file")
+            .arg(certs.join("client.key"))
+            .arg("--ca-cert-file")
+            .arg(certs.join("ca.crt")),
+    );
+    agent.wait_for_status(proxy, "/healthz", 503);
+    let unhealthy = run(fluidity(tmp.path()).args(["health", &format!("http://{proxy}/healthz")]));
+    assert_exit_code(&unhealthy, 1);
+    assert!(unhealthy.stderr.contains("503"), "{}", unhealthy.stderr);
+    assert_eq!(
+        unhealthy.stderr.trim().lines().count(),
+        1,
+        "{}",
+        unhealthy.stderr
+    );
+
+    drop(server);
+    let closed = run(fluidity(tmp.path()).args(["health", &url]));
+    assert_exit_code(&closed, 1);
+    assert!(
+        closed.stderr.contains(&url) && closed.stderr.contains("cannot connect"),
+        "{}",
+        closed.stderr
+    );
+    assert_eq!(closed.stderr.trim().lines().count(), 1, "{}", closed.stderr);
+}
+
+#[test]
+fn health_with_a_bad_url_exits_1_and_with_a_bad_config_exits_2() {
+    let tmp = TempDir::new().unwrap();
+    let bad_url = run(fluidity(tmp.path()).args(["health", "https://127.0.0.1:1/healthz"]));
+    assert_exit_code(&bad_url, 1);
+    assert!(bad_url.stderr.contains("http://"), "{}", bad_url.stderr);
+
+    let config = tmp.path().join("server.yaml");
+    write_file(&config, "health_adr: 127.0.0.1:8081\n");
+    let bad_config = run(fluidity(tmp.path())
+        .args(["health", "--config"])
+        .arg(&config));
+    assert_exit_code(&bad_config, 2);
+    assert!(
+        bad_config.stderr.contains("health_adr"),
+        "{}",
+        bad_config.stderr
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Configuration through the binary
 // ---------------------------------------------------------------------------------------------------------------
