@@ -17,7 +17,7 @@ cleanup() {
     fi
     stop_pid "$AGENT_PID"
     stop_pid "$ORIGIN_PID"
-    podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
+    podman rm -f --ignore -t 0 "$NAME" "$NAME-files" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT

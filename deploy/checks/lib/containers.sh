@@ -117,8 +117,11 @@ start_agent() {
         "$BINARY" health "http://127.0.0.1:$PROXY_PORT/healthz"
 }
 
+# Stops a process this check started (by its id) and reaps it; never fails.
 stop_pid() {
     local pid="${1:-}"
-    [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-    return 0
+    if [[ -n "$pid" ]]; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    fi
 }
