@@ -15,7 +15,7 @@
 #   CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target x86_64-unknown-linux-musl
 #   mkdir -p dist && cp target/x86_64-unknown-linux-musl/release/fluidity dist/
 #   podman build --format docker --build-context binary=dist -t fluidity .
-#   (Docker with BuildKit: docker buildx build --build-context binary=dist -t fluidity .)
+#   (Docker 23 or later, BuildKit: docker build --build-context binary=dist -t fluidity .)
 #
 # The docker format keeps HEALTHCHECK, which the OCI image format has no field for.
 
