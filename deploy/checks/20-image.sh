@@ -52,7 +52,7 @@ podman umount "$NAME-files" >/dev/null
 podman rm "$NAME-files" >/dev/null 2>>"$WORK/podman.log"
 expected_files='./etc 0 755;./etc/fluidity 65532 755;./etc/fluidity/certs 65532 755;./etc/passwd 0 644;./fluidity 0 755;'
 [[ "$files" == "$expected_files" ]] || fail "the image holds '$files', expected '$expected_files'"
-file -b "$BINARY" | grep -q 'static' || fail "the binary is not statically linked: $(file -b "$BINARY")"
+[[ "$(file -b "$BINARY")" == *static* ]] || fail "the binary is not statically linked: $(file -b "$BINARY")"
 proved "the image holds only /fluidity ($(file -b "$BINARY" | grep -o 'static[-a-z]* linked')), /etc/passwd and an empty /etc/fluidity/certs owned by 65532"
 
 # --- the server in a container, an agent on the host ---------------------------------------------------------------
@@ -99,7 +99,9 @@ stop_started=$SECONDS
 podman stop -t 20 "$NAME" >/dev/null 2>>"$WORK/podman.log"
 exit_code=$(podman inspect "$NAME" --format '{{.State.ExitCode}}')
 [[ "$exit_code" == 0 ]] || fail "after podman stop the server exited $exit_code (137 means SIGKILL)"
-podman logs "$NAME" 2>&1 | grep -q 'shutdown requested.*SIGTERM' || fail "the server logged no SIGTERM shutdown"
+# Into a file first: grep -q stopping early would fail the pipeline (pipefail) with podman's SIGPIPE.
+podman logs "$NAME" >"$WORK/server.log" 2>&1
+grep -q 'shutdown requested.*SIGTERM' "$WORK/server.log" || fail "the server logged no SIGTERM shutdown"
 proved "podman stop: PID 1 took SIGTERM, drained and exited 0 in $((SECONDS - stop_started))s"
 
 say "done in $((SECONDS - started))s"

@@ -141,9 +141,10 @@ for volume in pod["volumes"]:
 PY
 podman kube play "$KUBE_FILE" >"$WORK/play.log" 2>&1 || { cat "$WORK/play.log" >&2; fail "podman kube play failed"; }
 wait_until 30 "the pod's /healthz on the admin hostPort" "$BINARY" health "http://127.0.0.1:$ADMIN_PORT/healthz"
-user=$(podman ps --filter label=fluidity-check="$$" --format '{{.Names}}' | grep -v infra | head -1 \
-    | xargs -r podman top 2>/dev/null | awk 'NR==2{print $1}')
-proved "podman kube play runs the rendered Deployment (config and certs from the rendered ConfigMap and Secret, user ${user:-?}); /healthz on health_addr 0.0.0.0:8081 answers 200"
+server=$(podman ps --filter label=fluidity-check="$$" --format '{{.Names}}' | awk '!/infra/ && !n++')
+user=$(podman top "$server" user 2>/dev/null | awk 'NR==2{print $1}')
+[[ "$user" == fluidity ]] || fail "the pod's server runs as '$user', not fluidity (65532)"
+proved "podman kube play runs the rendered Deployment (config and certs from the rendered ConfigMap and Secret, as fluidity, UID 65532); /healthz on health_addr 0.0.0.0:8081 answers 200"
 
 start_agent "$TUNNEL_PORT" "$WORK/k/certs"
 body=$(curl -sS --max-time 10 -x "http://127.0.0.1:$PROXY_PORT" "http://127.0.0.1:8081/healthz") \
