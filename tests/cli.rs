@@ -812,11 +812,13 @@ fn health_exits_0_when_healthz_answers_200_and_1_with_a_reason_otherwise() {
     assert_exit_code(&from_config, 0);
 
     // An agent whose tunnel cannot come up answers its /healthz with 503.
-    let proxy = loopback(free_port());
+    let proxy_port = ReservedPort::new();
+    let proxy = loopback(proxy_port.port());
+    let no_server = closed_port();
     let mut agent = Proc::spawn(
         fluidity(tmp.path())
             .args(["agent", "--server-ip", "127.0.0.1", "--server-port"])
-            .arg(free_port().to_string())
+            .arg(no_server.addr.port().to_string())
             .arg("--local-proxy-port")
             .arg(proxy.port().to_string())
             .arg("--cert-file")
