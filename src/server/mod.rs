@@ -397,10 +397,10 @@ where
                 Some(Ok((req, respond))) => {
                     // Finished streams are reaped as new ones come, so the set holds about the live ones.
                     while streams.try_join_next().is_some() {}
-                    streams.spawn(
-                        service::handle_stream(shared.clone(), agent.clone(), req, respond)
-                            .in_current_span(),
-                    );
+                    // Boxed: the stream's state is moved several times on its way into the task, and a
+                    // pointer is cheaper to move than the state.
+                    let stream = service::handle_stream(shared.clone(), agent.clone(), req, respond);
+                    streams.spawn(Box::pin(stream).in_current_span());
                 }
                 Some(Err(err)) => return Err(err.into()),
                 None => return Ok(Ended::Left),
