@@ -149,7 +149,8 @@ pub struct AgentArgs {
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Folder for certificates and state (default: a per-user data folder: $XDG_DATA_HOME/fluidity or
-    /// ~/.local/share/fluidity)
+    /// ~/.local/share/fluidity on Linux, ~/Library/Application Support/fluidity on macOS, %APPDATA%\fluidity on
+    /// Windows)
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Agent proxy port (on 127.0.0.1)

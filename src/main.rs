@@ -154,7 +154,10 @@ fn run_agent(args: AgentArgs, env: &HashMap<String, String>) -> ExitCode {
 #[expect(clippy::print_stdout, reason = "up talks to the person who started it")]
 fn run_up(args: UpArgs, env: &HashMap<String, String>) -> ExitCode {
     let Some(dir) = args.dir.or_else(|| up::default_dir(env)) else {
-        return config_failure("no folder for certificates: set --dir (HOME is not set)");
+        return config_failure(format!(
+            "no folder for certificates: set --dir ({} is not set)",
+            up::Os::CURRENT.data_dir_var()
+        ));
     };
     let log = LogSettings {
         level: args.log_level.unwrap_or_else(|| "info".to_string()),

@@ -16,14 +16,53 @@ const UP_CLIENT_CN: &str = "fluidity-up";
 /// Validity of generated certificates, in days.
 const UP_CERT_DAYS: u32 = 825;
 
-/// The per-user data folder: `$XDG_DATA_HOME/fluidity`, else `$HOME/.local/share/fluidity`.
-pub fn default_dir(env: &HashMap<String, String>) -> Option<PathBuf> {
-    if let Some(data) = env.get("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Some(Path::new(data).join("fluidity"));
+/// The operating systems whose data folder conventions [`data_dir`] knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Os {
+    /// Linux and the other Unix systems that follow the XDG base directory layout.
+    Xdg,
+    MacOs,
+    Windows,
+}
+
+impl Os {
+    /// The system this binary was built for.
+    pub const CURRENT: Os = if cfg!(windows) {
+        Os::Windows
+    } else if cfg!(target_os = "macos") {
+        Os::MacOs
+    } else {
+        Os::Xdg
+    };
+
+    /// The environment variable the data folder is found from, for messages when it is missing.
+    pub fn data_dir_var(self) -> &'static str {
+        match self {
+            Os::Windows => "APPDATA",
+            Os::Xdg | Os::MacOs => "HOME",
+        }
     }
-    env.get("HOME")
-        .filter(|h| !h.is_empty())
-        .map(|home| Path::new(home).join(".local/share/fluidity"))
+}
+
+/// The per-user data folder of this system, see [`data_dir`].
+pub fn default_dir(env: &HashMap<String, String>) -> Option<PathBuf> {
+    data_dir(Os::CURRENT, env)
+}
+
+/// The per-user data folder of `os`, from the environment `env`: `$XDG_DATA_HOME/fluidity`, else
+/// `$HOME/.local/share/fluidity` (XDG); `$HOME/Library/Application Support/fluidity` (macOS);
+/// `%APPDATA%\fluidity` (Windows, a folder only the user can read). `None` when the variable it needs is unset or
+/// empty.
+pub fn data_dir(os: Os, env: &HashMap<String, String>) -> Option<PathBuf> {
+    let var = |name: &str| env.get(name).filter(|v| !v.is_empty()).map(Path::new);
+    let base = match os {
+        Os::Xdg => var("XDG_DATA_HOME")
+            .map(Path::to_path_buf)
+            .or_else(|| var("HOME").map(|home| home.join(".local").join("share")))?,
+        Os::MacOs => var("HOME")?.join("Library").join("Application Support"),
+        Os::Windows => var("APPDATA")?.to_path_buf(),
+    };
+    Some(base.join("fluidity"))
 }
 
 /// A server and an agent, bound and ready to run.
@@ -119,5 +158,96 @@ impl Up {
         let (server, agent) =
             tokio::join!(self.server.run(shutdown.clone()), self.agent.run(shutdown));
         server.and(agent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    /// One row of the data folder table: the system, its environment, the folder expected.
+    type Case = (Os, &'static [(&'static str, &'static str)], Option<PathBuf>);
+
+    #[test]
+    fn data_dir_follows_each_platform_convention() {
+        const HOME: &str = "/home/ana";
+        let cases: [Case; 11] = [
+            (
+                Os::Xdg,
+                &[("HOME", HOME), ("XDG_DATA_HOME", "/data")],
+                Some(Path::new("/data").join("fluidity")),
+            ),
+            (
+                Os::Xdg,
+                &[("HOME", HOME)],
+                Some(
+                    Path::new(HOME)
+                        .join(".local")
+                        .join("share")
+                        .join("fluidity"),
+                ),
+            ),
+            (
+                Os::Xdg,
+                &[("HOME", HOME), ("XDG_DATA_HOME", "")],
+                Some(
+                    Path::new(HOME)
+                        .join(".local")
+                        .join("share")
+                        .join("fluidity"),
+                ),
+            ),
+            (Os::Xdg, &[("HOME", "")], None),
+            (Os::Xdg, &[("APPDATA", "/appdata")], None),
+            (
+                Os::MacOs,
+                &[("HOME", "/Users/ana"), ("XDG_DATA_HOME", "/data")],
+                Some(
+                    Path::new("/Users/ana")
+                        .join("Library")
+                        .join("Application Support")
+                        .join("fluidity"),
+                ),
+            ),
+            (Os::MacOs, &[("XDG_DATA_HOME", "/data")], None),
+            (
+                Os::Windows,
+                &[
+                    ("APPDATA", r"C:\Users\ana\AppData\Roaming"),
+                    ("HOME", HOME),
+                    ("XDG_DATA_HOME", "/data"),
+                ],
+                Some(Path::new(r"C:\Users\ana\AppData\Roaming").join("fluidity")),
+            ),
+            (Os::Windows, &[("HOME", HOME)], None),
+            (Os::Windows, &[("APPDATA", "")], None),
+            (Os::Windows, &[], None),
+        ];
+        for (os, vars, want) in cases {
+            assert_eq!(data_dir(os, &env(vars)), want, "{os:?} {vars:?}");
+        }
+    }
+
+    #[test]
+    fn default_dir_is_the_data_dir_of_this_platform() {
+        let vars = env(&[("HOME", "/h"), ("XDG_DATA_HOME", "/x"), ("APPDATA", "/a")]);
+        let want = if cfg!(windows) {
+            Path::new("/a").join("fluidity")
+        } else if cfg!(target_os = "macos") {
+            Path::new("/h")
+                .join("Library")
+                .join("Application Support")
+                .join("fluidity")
+        } else {
+            Path::new("/x").join("fluidity")
+        };
+        assert_eq!(default_dir(&vars), Some(want));
     }
 }
