@@ -14,13 +14,24 @@ use crate::config::{
     AgentLayer, DEFAULT_CERT_DAYS, DEFAULT_CLIENT_CN, DEFAULT_LOCAL_PROXY_PORT, ServerLayer,
 };
 
+/// What `--version` prints after the program name: the crate version, the commit it was built from ("unknown"
+/// outside a git checkout) and the target triple, for example `0.1.0 (abc1234, x86_64-unknown-linux-musl)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("FLUIDITY_COMMIT"),
+    ", ",
+    env!("FLUIDITY_TARGET"),
+    ")"
+);
+
 /// Fluidity: a personal HTTP tunnel. A local HTTP/1.1 proxy (the agent) carries your traffic over one mutually
 /// authenticated TLS 1.3 HTTP/2 connection to an exit server.
 ///
 /// Settings come from, highest first: command-line flags, FLUIDITY_<KEY> environment variables, the YAML file given
 /// with --config, and built-in defaults.
 #[derive(Debug, Parser)]
-#[command(name = "fluidity", version, about, propagate_version = true)]
+#[command(name = "fluidity", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]

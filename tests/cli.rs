@@ -323,6 +323,59 @@ fn assert_exit_code(done: &Finished, code: i32) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// version
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `--version` prints `fluidity VERSION (COMMIT, TARGET)`: the crate version, the short hash of the commit the
+/// binary was built from (the checkout's HEAD, or "unknown" outside git) and a target triple for this platform.
+#[test]
+fn version_names_the_crate_version_commit_and_target() {
+    let tmp = TempDir::new().unwrap();
+    for flag in ["--version", "-V"] {
+        let done = run(fluidity(tmp.path()).arg(flag));
+        assert_exit_code(&done, 0);
+        let line = done.stdout.trim_end();
+        let prefix = format!("fluidity {} (", env!("CARGO_PKG_VERSION"));
+        let inner = line
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{flag}: {line:?} is not `{prefix}COMMIT, TARGET)`"));
+        let (commit, target) = inner
+            .split_once(", ")
+            .unwrap_or_else(|| panic!("{flag}: {line:?} has no `COMMIT, TARGET`"));
+
+        let head = Command::new("git")
+            .args([
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "rev-parse",
+                "--short",
+                "HEAD",
+            ])
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string());
+        match head {
+            Some(head) => assert_eq!(commit, head, "{flag}: {line:?}"),
+            None => assert_eq!(commit, "unknown", "{flag}: {line:?}"),
+        }
+
+        let parts: Vec<&str> = target.split('-').collect();
+        assert!(
+            parts.len() >= 3,
+            "{flag}: target {target:?} is not a triple"
+        );
+        assert_eq!(parts[0], std::env::consts::ARCH, "{flag}: {line:?}");
+        let os = match std::env::consts::OS {
+            "macos" => "darwin",
+            os => os,
+        };
+        assert!(target.contains(os), "{flag}: {line:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // certs
 // ---------------------------------------------------------------------------------------------------------------
 
