@@ -3,7 +3,11 @@
 //!
 //! Does: ECDSA P-256 keys, a CA limited to issuing leaf certificates (pathlen 0), server certificates for
 //! DNS names and IP addresses, client certificates named by their CN, revocation into `crl.pem`, and file
-//! writing with private keys at mode 0600 (Unix) and no overwriting without `force`.
+//! writing with private keys at mode 0600 (Unix) and no overwriting without `force`. Windows has no mode bits: a
+//! file written there takes its folder's ACL, and Fluidity relies on that rather than setting one (which would need
+//! Win32 security calls, so unsafe code or a new dependency). The per-user folders keys belong in (`%APPDATA%`,
+//! where `fluidity up` writes) are readable only by their user, SYSTEM and Administrators; docs/deploy/windows.md
+//! tells people to keep keys there, or how to restrict them with `icacls`.
 //! Does not: configure TLS or check certificates for use in a handshake (that is `tls`), log, or run on
 //! the async runtime. Key generation is CPU work: call it through `spawn_blocking` from async code.
 
@@ -569,7 +573,8 @@ fn parse_cert<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, Cer
 }
 
 /// Writes `contents` to `path`. Without `force` the file must not exist; with it, an existing file is
-/// truncated and its mode reset before the new contents go in. `mode` applies on Unix only.
+/// truncated and its mode reset before the new contents go in. `mode` applies on Unix only; elsewhere the file
+/// takes the folder's permissions (see the module docs).
 fn write_file(path: &Path, contents: &str, force: bool, mode: u32) -> Result<(), CertError> {
     #[cfg(not(unix))]
     let _ = mode;

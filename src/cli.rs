@@ -79,7 +79,8 @@ impl Cli {
 pub enum CertsCommand {
     /// Create a private CA plus a server and a client certificate (PEM) in a folder
     ///
-    /// Writes ca.crt, ca.key, server.crt, server.key, client.crt and client.key. Private keys get mode 0600.
+    /// Writes ca.crt, ca.key, server.crt, server.key, client.crt and client.key. Private keys get mode 0600 (on
+    /// Windows they take the folder's permissions: keep them under your profile, for example in %APPDATA%).
     Init {
         /// Folder to write the CA and certificates into (created if missing)
         #[arg(long, value_name = "DIR")]
