@@ -78,6 +78,21 @@ impl Rule {
         }
     }
 
+    /// True when the rule covers `host:port` as a caller gave it, without resolving anything: a CIDR rule matches
+    /// only a literal address (`[v6]` brackets allowed), a host-name rule only a name.
+    pub(crate) fn matches_given(&self, host: &str, port: u16) -> bool {
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        match literal.parse::<IpAddr>() {
+            Ok(addr) => self.matches("", port, addr),
+            Err(_) if self.is_cidr() => false,
+            // No address to judge: a CIDR rule is ruled out above, so the address is never looked at.
+            Err(_) => self.matches(host, port, IpAddr::from([0, 0, 0, 0])),
+        }
+    }
+
     /// True for a CIDR or IP rule (with or without a port).
     pub(crate) fn is_cidr(&self) -> bool {
         matches!(self.host, Some(HostMatch::Cidr { .. }))
@@ -223,6 +238,27 @@ mod tests {
                 parsed.matches(name, *port, ip(addr)),
                 *expected,
                 "{rule} vs {name}:{port} at {addr}"
+            );
+        }
+        let given: &[(&str, &str, u16, bool)] = &[
+            ("10.0.0.0/8", "10.1.2.3", 80, true),
+            ("10.0.0.0/8", "ten.example", 80, false),
+            ("0.0.0.0/0", "example.com", 80, false),
+            ("::1", "[::1]", 443, true),
+            ("fc00::/7", "fd00::5", 443, true),
+            ("localhost", "LOCALHOST", 80, true),
+            ("localhost", "127.0.0.1", 80, false),
+            ("*.local", "printer.local", 631, true),
+            ("*.local", "local", 631, false),
+            (":22", "example.com", 22, true),
+            ("example.com:25", "example.com", 80, false),
+        ];
+        for (rule, host, port, expected) in given {
+            let parsed = Rule::parse(rule).unwrap_or_else(|e| panic!("{rule}: {e}"));
+            assert_eq!(
+                parsed.matches_given(host, *port),
+                *expected,
+                "{rule} vs {host}:{port}"
             );
         }
         for bad in [

@@ -174,6 +174,11 @@ layer! {
         /// carries: more use more cores under many parallel requests
         #[arg(long, value_name = "N")]
         tunnels: usize = Some(DEFAULT_TUNNELS),
+        /// Targets the agent connects to itself instead of through the tunnel (same rule syntax as the server's
+        /// deny_targets, matched against the name or address the caller gave, never resolved); repeat or separate
+        /// with commas; '' (or [] in YAML) tunnels everything
+        #[arg(long, value_name = "RULE", value_delimiter = ',')]
+        direct_targets: Vec<String> = Some(super::default_direct_targets()),
     }
 }
 
@@ -337,11 +342,12 @@ mod tests {
             .filter(|key| is_list_key::<ServerLayer>(key))
             .collect();
         assert_eq!(lists, ["deny_targets", "allow_targets"]);
-        assert!(
-            !AgentLayer::KEYS
-                .iter()
-                .any(|key| is_list_key::<AgentLayer>(key))
-        );
+        let agent_lists: Vec<&str> = AgentLayer::KEYS
+            .iter()
+            .copied()
+            .filter(|key| is_list_key::<AgentLayer>(key))
+            .collect();
+        assert_eq!(agent_lists, ["direct_targets"]);
     }
 
     /// The help text of `key`'s flag once annotated.

@@ -56,6 +56,20 @@ pub const MAX_HEADER_READ_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_TUNNELS: usize = 1;
 /// Agent: the most `tunnels` accepted.
 pub const MAX_TUNNELS: usize = 16;
+/// Agent: default `direct_targets`, destinations the server could not reach anyway: loopback, the private and
+/// link-local ranges (IPv4 and IPv6), `localhost` and mDNS `.local` names.
+pub const DEFAULT_DIRECT_TARGETS: &[&str] = &[
+    "127.0.0.0/8",
+    "::1",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+    "169.254.0.0/16",
+    "fe80::/10",
+    "localhost",
+    "*.local",
+];
 
 /// Server: default `listen_addr` (all IPv4 interfaces).
 pub const DEFAULT_SERVER_LISTEN_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -269,6 +283,8 @@ pub struct AgentConfig {
     pub header_read_timeout: Duration,
     /// Tunnel connections to keep to the server, each on a thread of its own.
     pub tunnels: usize,
+    /// Rules (`crate::rules` syntax, checked) for targets the agent connects to itself instead of tunnelling.
+    pub direct_targets: Vec<String>,
 }
 
 impl AgentConfig {
@@ -288,8 +304,17 @@ impl AgentConfig {
             keepalive: Duration::from_secs(DEFAULT_AGENT_KEEPALIVE_SECS),
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
             tunnels: DEFAULT_TUNNELS,
+            direct_targets: default_direct_targets(),
         }
     }
+}
+
+/// [`DEFAULT_DIRECT_TARGETS`] as owned rules.
+pub(crate) fn default_direct_targets() -> Vec<String> {
+    DEFAULT_DIRECT_TARGETS
+        .iter()
+        .map(|r| (*r).to_owned())
+        .collect()
 }
 
 /// Validated server settings.

@@ -141,6 +141,7 @@ pub(crate) fn resolve_agent(
         keepalive_secs,
         header_read_timeout_secs,
         tunnels,
+        direct_targets,
     } = merged;
 
     let server_host = check_server_host(required(server_ip, "server_ip", provenance)?, provenance)?;
@@ -159,6 +160,12 @@ pub(crate) fn resolve_agent(
         provenance,
     )?;
     let tunnels = from_one_to(MAX_TUNNELS, tunnels, "tunnels", provenance)?;
+    let mut direct_targets = required(direct_targets, "direct_targets", provenance)?;
+    // `--direct-targets ''` (one empty value) is how a flag says "none": tunnel everything, as `[]` in YAML.
+    if matches!(direct_targets.as_slice(), [only] if only.trim().is_empty()) {
+        direct_targets.clear();
+    }
+    check_rules("direct_targets", &direct_targets, provenance)?;
     let listen_addr = required(listen_addr, "listen_addr", provenance)?;
     let allow_open_proxy = required(allow_open_proxy, "allow_open_proxy", provenance)?;
     if !listen_addr.is_loopback() && proxy_auth.is_none() && !allow_open_proxy {
@@ -199,7 +206,23 @@ pub(crate) fn resolve_agent(
         keepalive: positive_secs(keepalive_secs, "keepalive_secs", provenance)?,
         header_read_timeout: Duration::from_secs(header_read_timeout_secs),
         tunnels,
+        direct_targets,
     })
+}
+
+/// Refuses an empty rule or one that does not parse, naming `key`.
+fn check_rules(
+    key: &'static str,
+    rules: &[String],
+    provenance: &Provenance,
+) -> Result<(), ConfigError> {
+    if rules.iter().any(|rule| rule.trim().is_empty()) {
+        return Err(provenance.invalid(key, "contains an empty rule"));
+    }
+    if let Some(bad) = rules.iter().find_map(|rule| Rule::parse(rule).err()) {
+        return Err(provenance.invalid(key, bad.to_string()));
+    }
+    Ok(())
 }
 
 /// Validates the merged server layer and converts it.
@@ -264,17 +287,8 @@ pub(crate) fn resolve_server(
     let rate_limit_per_agent = required(rate_limit_per_agent, "rate_limit_per_agent", provenance)?;
     let deny_targets = required(deny_targets, "deny_targets", provenance)?;
     let allow_targets = required(allow_targets, "allow_targets", provenance)?;
-    for (key, rules) in [
-        ("deny_targets", &deny_targets),
-        ("allow_targets", &allow_targets),
-    ] {
-        if rules.iter().any(|rule| rule.trim().is_empty()) {
-            return Err(provenance.invalid(key, "contains an empty rule"));
-        }
-        if let Some(bad) = rules.iter().find_map(|rule| Rule::parse(rule).err()) {
-            return Err(provenance.invalid(key, bad.to_string()));
-        }
-    }
+    check_rules("deny_targets", &deny_targets, provenance)?;
+    check_rules("allow_targets", &allow_targets, provenance)?;
 
     Ok(ServerConfig {
         listen: SocketAddr::new(
@@ -342,6 +356,33 @@ mod tests {
             server_ip: Some("example.net".into()),
             ..layer
         }
+    }
+
+    #[test]
+    fn direct_targets_default_and_explicitly_empty() {
+        let config = agent(with_host(AgentLayer::default())).expect("defaults");
+        assert_eq!(
+            config.direct_targets,
+            crate::config::default_direct_targets()
+        );
+        for rule in &config.direct_targets {
+            assert!(Rule::parse(rule).is_ok(), "{rule}");
+        }
+        let empty = agent(with_host(AgentLayer {
+            direct_targets: Some(Vec::new()),
+            ..AgentLayer::default()
+        }))
+        .expect("empty list");
+        assert!(empty.direct_targets.is_empty(), "[] must tunnel everything");
+        let flag_empty = agent(with_host(AgentLayer {
+            direct_targets: Some(vec![String::new()]),
+            ..AgentLayer::default()
+        }))
+        .expect("--direct-targets ''");
+        assert!(
+            flag_empty.direct_targets.is_empty(),
+            "'' must tunnel everything"
+        );
     }
 
     #[test]
@@ -461,6 +502,20 @@ mod tests {
                     ..AgentLayer::default()
                 },
                 "agent.yaml: server_port: must not be 0",
+            ),
+            (
+                AgentLayer {
+                    direct_targets: Some(vec!["10.0.0.0/40".into()]),
+                    ..AgentLayer::default()
+                },
+                "agent.yaml: direct_targets: `10.0.0.0/40` is not a CIDR, host name, :port or host:port rule",
+            ),
+            (
+                AgentLayer {
+                    direct_targets: Some(vec!["localhost".into(), " ".into()]),
+                    ..AgentLayer::default()
+                },
+                "agent.yaml: direct_targets: contains an empty rule",
             ),
             (
                 AgentLayer {
