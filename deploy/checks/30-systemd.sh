@@ -297,6 +297,7 @@ cat >"$AGENT_CONF/fluidity/agent.yaml" <<AGENT_YAML
 server_ip: 127.0.0.1
 server_port: ${SERVER_ADDR##*:}
 local_proxy_port: 0
+direct_targets: []   # the target is on loopback: send it through the sandboxed server all the same
 AGENT_YAML
 chown -R "$AGENT_UID:$AGENT_UID" "$WORK/home"
 chmod -R go-rwx "$AGENT_CONF"

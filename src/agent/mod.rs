@@ -5,6 +5,7 @@
 //! (see `keeper`) and serves callers until the token is cancelled, then drains. It does not know about the server's
 //! internals: everything it needs is the wire mapping in `tunnel`.
 
+mod direct;
 mod keeper;
 pub(crate) mod proxy;
 mod window;
@@ -38,6 +39,8 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// State shared by the proxy's connections (one per tunnel: they differ only in which tunnel they try first).
 pub(crate) struct Shared {
     config: AgentConfig,
+    /// The parsed `direct_targets`.
+    direct: Arc<direct::Direct>,
     tunnel: Tunnels,
     metrics: Arc<AgentMetrics>,
     drain: Drain,
@@ -129,10 +132,12 @@ impl Agent {
             .unzip();
         let states: Arc<[_]> = states.into();
         let drain = Drain::default();
+        let direct = Arc::new(direct::Direct::new(&config.direct_targets));
         let per_tunnel = (0..count)
             .map(|own| {
                 Arc::new(Shared {
                     config: config.clone(),
+                    direct: direct.clone(),
                     tunnel: Tunnels::new(own, states.clone()),
                     metrics: metrics.clone(),
                     drain: drain.clone(),

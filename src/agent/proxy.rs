@@ -3,6 +3,11 @@
 //! Origin-form requests are for the agent itself (`/healthz`, `/metrics`); absolute-form requests, `CONNECT` and
 //! WebSocket upgrades are proxied as described in `tunnel`. It never follows redirects and never retries a request.
 //!
+//! A target covered by `direct_targets` (see `direct`) is reached by the agent itself on every path, with the same
+//! statuses as a tunnel failure: CONNECT and WebSocket over a TCP connection of their own, an absolute-form
+//! request over an HTTP/1.1 connection opened for that one request (no pool: direct targets are local, and a
+//! connection per request keeps the path small).
+//!
 //! Upgrades (`Connection: upgrade` + `Upgrade`) get the plain path's header rules, keeping only what the upgrade
 //! needs, and a `Host` from the URL. An upgrade request that announces a body (`Content-Length` above 0 or
 //! `Transfer-Encoding`) is refused with `400`: RFC 6455 clients never send one, and it is never dropped silently.
@@ -19,16 +24,22 @@ use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span, field};
 
 use super::Shared;
+use super::direct;
 use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
 use crate::config::ProxyAuth;
 use crate::error::{ForwardError, error_response};
 use crate::metrics::Counted;
 use crate::metrics::{OpenGuard, StreamKind};
-use crate::tunnel::authority::target_of;
+use crate::tunnel::authority::{Target, target_of};
 use crate::tunnel::headers::{strip_hop_headers, strip_hop_headers_keeping_upgrade, wants_upgrade};
 use crate::tunnel::splice;
 use crate::tunnel::stream::{TunnelBody, TunnelStream, send_body};
@@ -218,9 +229,91 @@ async fn answer(
     Ok(Ok(TunnelStream::open(send, response.into_body())))
 }
 
-/// Relays bytes between the caller's upgraded connection and the tunnel stream until both sides are done, the
-/// idle limit passes, or shutdown cuts it off.
-fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: TunnelStream, guard: OpenGuard) {
+/// A byte stream to a target: a CONNECT stream on the tunnel, or a TCP connection of the agent's own for a
+/// `direct_targets` target.
+pub(crate) enum ConnectStream {
+    Tunnel(TunnelStream),
+    Direct(TcpStream),
+}
+
+/// What opening a stream to a target gave: the stream, or the server's refusal to hand to the caller as is.
+pub(crate) enum Opened {
+    Stream(ConnectStream),
+    Refused(Response<Body>),
+}
+
+/// Opens a byte stream to `target` for `kind` (CONNECT, WebSocket): directly when `direct_targets` covers it,
+/// otherwise as a CONNECT stream on the tunnel. With `early` (fast_connect), a tunnel stream is handed back before
+/// the server has answered; a direct target is always dialed first (it is local: nothing to save).
+///
+/// Every path that needs a byte stream to a target goes through here, so each gets `direct_targets` alike.
+pub(crate) async fn open_connect(
+    shared: &Shared,
+    target: &Target,
+    kind: StreamKind,
+    early: bool,
+) -> Result<Opened, ForwardError> {
+    if shared.direct.covers(target) {
+        let stream = direct::dial(target, shared.config.connect_timeout).await?;
+        shared.metrics.direct(kind);
+        return Ok(Opened::Stream(ConnectStream::Direct(stream)));
+    }
+    let mut sender = tunnel_sender(shared).await?;
+    let (response, send) = open_stream(&mut sender, &target.to_string(), kind)?;
+    if early {
+        return Ok(Opened::Stream(ConnectStream::Tunnel(
+            TunnelStream::awaiting(send, response),
+        )));
+    }
+    Ok(match answer(response, send).await? {
+        Ok(stream) => Opened::Stream(ConnectStream::Tunnel(stream)),
+        Err(refusal) => Opened::Refused(refusal),
+    })
+}
+
+impl AsyncRead for ConnectStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tunnel(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Direct(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ConnectStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tunnel(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Direct(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tunnel(s) => Pin::new(s).poll_flush(cx),
+            Self::Direct(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Direct(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Relays bytes between the caller's upgraded connection and the stream to the target until both sides are done,
+/// the idle limit passes, or shutdown cuts it off.
+fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: ConnectStream, guard: OpenGuard) {
     let task_shared = shared.clone();
     shared.drain.tasks.spawn(
         async move {
@@ -234,14 +327,13 @@ fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: TunnelStream, g
     );
 }
 
-async fn relay(shared: &Shared, caller: hyper::upgrade::Upgraded, stream: TunnelStream) {
-    let moved = splice::relay_tunnel(
-        TokioIo::new(caller),
-        stream,
-        shared.config.idle_timeout,
-        &shared.drain.kill,
-    )
-    .await;
+async fn relay(shared: &Shared, caller: hyper::upgrade::Upgraded, stream: ConnectStream) {
+    let caller = TokioIo::new(caller);
+    let (idle, kill) = (shared.config.idle_timeout, &shared.drain.kill);
+    let moved = match stream {
+        ConnectStream::Tunnel(stream) => splice::relay_tunnel(caller, stream, idle, kill).await,
+        ConnectStream::Direct(stream) => splice::relay(caller, stream, idle, kill).await,
+    };
     // The caller's bytes go up the tunnel; the tunnel's come down to it.
     shared.metrics.bytes.add(moved.a_to_b, moved.b_to_a);
 }
@@ -261,15 +353,10 @@ async fn connect(
     let target = target_of(&authority, None).map_err(|e| ForwardError::BadRequest(e.reason()))?;
     tracing::Span::current().record("target", field::display(&target));
     let caller = hyper::upgrade::on(&mut req);
-    let mut sender = tunnel_sender(shared).await?;
-    let (response, send) = open_stream(&mut sender, authority.as_str(), StreamKind::Connect)?;
-    let stream = if shared.config.fast_connect {
-        TunnelStream::awaiting(send, response)
-    } else {
-        match answer(response, send).await? {
-            Ok(stream) => stream,
-            Err(refusal) => return Ok(refusal),
-        }
+    let early = shared.config.fast_connect;
+    let stream = match open_connect(shared, &target, StreamKind::Connect, early).await? {
+        Opened::Stream(stream) => stream,
+        Opened::Refused(refusal) => return Ok(refusal),
     };
     let guard = shared.metrics.stream_opened(StreamKind::Connect);
     spawn_splice(shared, caller, stream, guard);
@@ -302,11 +389,9 @@ async fn websocket(
         target_of(&authority, Some(80)).map_err(|e| ForwardError::BadRequest(e.reason()))?;
     tracing::Span::current().record("target", field::display(&target));
     let caller = hyper::upgrade::on(&mut req);
-    let mut sender = tunnel_sender(shared).await?;
-    let (response, send) = open_stream(&mut sender, &target.to_string(), StreamKind::Websocket)?;
-    let stream = match answer(response, send).await? {
-        Ok(stream) => stream,
-        Err(refusal) => return Ok(refusal),
+    let stream = match open_connect(shared, &target, StreamKind::Websocket, false).await? {
+        Opened::Stream(stream) => stream,
+        Opened::Refused(refusal) => return Ok(refusal),
     };
     let (mut origin, conn) = http1::handshake::<_, Body>(TokioIo::new(stream))
         .await
@@ -383,7 +468,10 @@ async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ForwardError> {
     let (mut parts, body) = req.into_parts();
-    plain_http_target(&parts.uri).map_err(ForwardError::BadRequest)?;
+    let target = plain_http_target(&parts.uri).map_err(ForwardError::BadRequest)?;
+    if shared.direct.covers(&target) {
+        return forward_direct(shared, &target, parts, body).await;
+    }
     strip_hop_headers(&mut parts.headers);
     parts.headers.remove(header::HOST);
     // hyper has already answered `Expect: 100-continue` to the caller.
@@ -425,6 +513,68 @@ async fn forward(
     )
     .map_err(Into::into)
     .boxed();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// An absolute-form request to a `direct_targets` target: sent by the agent itself in origin form over an
+/// HTTP/1.1 connection opened for this request alone (`Connection: close`), headers under the plain path's rules.
+async fn forward_direct(
+    shared: &Arc<Shared>,
+    target: &Target,
+    mut parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Response<Body>, ForwardError> {
+    let stream = direct::dial(target, shared.config.connect_timeout).await?;
+    shared.metrics.direct(StreamKind::Http);
+    let (mut origin, conn) = http1::handshake::<_, Incoming>(TokioIo::new(stream))
+        .await
+        .map_err(|err| ForwardError::Upstream(err.into()))?;
+    let kill = shared.drain.kill.clone();
+    shared.drain.tasks.spawn(
+        async move {
+            tokio::select! {
+                result = conn => if let Err(err) = result {
+                    debug!(error = %err, "direct connection ended");
+                },
+                () = kill.cancelled() => {}
+            }
+        }
+        .in_current_span(),
+    );
+    // The URL's authority, without any user information, names the target (RFC 9112 §3.2.2).
+    let host = match parts.uri.authority() {
+        Some(authority) => match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_owned(),
+        },
+        None => return Err(ForwardError::BadRequest("URL has no host")),
+    };
+    let host =
+        header::HeaderValue::from_str(&host).map_err(|_| ForwardError::BadRequest("bad host"))?;
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|_| ForwardError::BadRequest("bad request target"))?;
+    strip_hop_headers(&mut parts.headers);
+    parts.headers.remove(header::EXPECT);
+    parts.headers.insert(header::HOST, host);
+    parts.headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    parts.version = Version::HTTP_11;
+    let response = origin
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(|err| ForwardError::Upstream(err.into()))?;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_headers(&mut parts.headers);
+    let guard = shared.metrics.stream_opened(StreamKind::Http);
+    let body = Counted::new(body, shared.metrics.bytes.down.clone(), Some(guard))
+        .map_err(Into::into)
+        .boxed();
     Ok(Response::from_parts(parts, body))
 }
 

@@ -219,6 +219,8 @@ pub(crate) struct AgentMetrics {
     /// `requests` with outcome `ok`, the common case.
     requests_ok: PerKind<Counter>,
     streams_open: PerKind<Gauge>,
+    /// Requests the agent sent to the target itself (`direct_targets`), by kind.
+    direct: PerKind<Counter>,
     pub(crate) bytes: ByteCounters,
     pub(crate) cert_expiry_seconds: Gauge,
     pub(crate) stream_window_bytes: Gauge,
@@ -257,6 +259,13 @@ impl AgentMetrics {
             "Caller requests by kind and outcome",
             requests.clone(),
         );
+        let direct = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "direct_requests",
+            "Caller requests the agent connected to the target itself (direct_targets), by kind; the rest go \
+             through the tunnel",
+            direct.clone(),
+        );
         let streams_open = Family::<KindLabel, Gauge>::default();
         registry.register(
             "streams_open",
@@ -293,6 +302,7 @@ impl AgentMetrics {
             }),
             requests,
             streams_open: PerKind::new(&streams_open, |kind| KindLabel { kind }),
+            direct: PerKind::new(&direct, |kind| KindLabel { kind }),
             bytes: byte_counters(&bytes_family),
             cert_expiry_seconds,
             stream_window_bytes,
@@ -311,6 +321,11 @@ impl AgentMetrics {
                 outcome,
             })
             .inc();
+    }
+
+    /// Counts a request that goes to its target directly (`direct_targets`).
+    pub(crate) fn direct(&self, kind: StreamKind) {
+        self.direct.get(kind).inc();
     }
 
     pub(crate) fn stream_opened(&self, kind: StreamKind) -> OpenGuard {

@@ -102,6 +102,9 @@ impl Drop for AgentHandle {
 pub fn agent_config(pki: &TestPki, server: SocketAddr) -> AgentConfig {
     let mut config = AgentConfig::new("127.0.0.1", server.port(), pki.client_tls());
     config.listen = "127.0.0.1:0".parse().unwrap();
+    // Every test target is on loopback, which the default direct_targets would reach without the tunnel: tests
+    // of the tunnel send everything through it. tests/bypass.rs tests the direct path.
+    config.direct_targets = Vec::new();
     config
 }
 
