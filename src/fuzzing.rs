@@ -182,14 +182,35 @@ pub fn headers(pairs: &[(&[u8], &[u8])]) {
     );
 }
 
-/// One destination rule through `Rule::parse`: accepted rules display as written (trimmed) and re-parse alike.
+/// One destination rule through `Rule::parse`: accepted rules display as written (trimmed) and re-parse alike, and
+/// matching what a caller gave (the agent's `direct_targets`) never takes a CIDR rule for a name or the reverse.
 pub fn rule(text: &str) {
     let Ok(rule) = Rule::parse(text) else {
         return;
     };
     let shown = rule.to_string();
     assert_eq!(shown, text.trim(), "{text:?}: display");
-    assert_eq!(Rule::parse(&shown), Ok(rule), "{text:?}: re-parse");
+    assert_eq!(Rule::parse(&shown), Ok(rule.clone()), "{text:?}: re-parse");
+    let port = rule.port().unwrap_or(80);
+    for host in [
+        "localhost",
+        "a.local",
+        "10.0.0.1",
+        "[::1]",
+        "::ffff:127.0.0.1",
+        "",
+        "[",
+        "]",
+    ] {
+        let given = rule.matches_given(host, port);
+        if given && rule.is_cidr() {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            assert!(
+                bare.parse::<std::net::IpAddr>().is_ok(),
+                "{text:?}: CIDR matched name {host:?}"
+            );
+        }
+    }
 }
 
 /// A destination policy from rule lists, asked about `name:port` resolving to `addr`, and about names derived from

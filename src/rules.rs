@@ -17,8 +17,9 @@ pub(crate) struct Rule {
     port: Option<u16>,
 }
 
+/// What a rule says about the host: a network, one name, or the names under a domain (lower case).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum HostMatch {
+pub(crate) enum HostMatch {
     Cidr { network: IpAddr, prefix: u8 },
     Exact(String),
     Subdomains(String),
@@ -91,6 +92,16 @@ impl Rule {
             // No address to judge: a CIDR rule is ruled out above, so the address is never looked at.
             Err(_) => self.matches(host, port, IpAddr::from([0, 0, 0, 0])),
         }
+    }
+
+    /// The host part, if the rule has one (`None` for a bare `:port`).
+    pub(crate) fn host(&self) -> Option<&HostMatch> {
+        self.host.as_ref()
+    }
+
+    /// The port, if the rule has one.
+    pub(crate) fn port(&self) -> Option<u16> {
+        self.port
     }
 
     /// True for a CIDR or IP rule (with or without a port).

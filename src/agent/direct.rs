@@ -27,6 +27,11 @@ impl Direct {
         }
     }
 
+    /// The rules, in configuration order.
+    pub(crate) fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
     /// True when `target` is to be reached directly.
     pub(crate) fn covers(&self, target: &Target) -> bool {
         self.rules

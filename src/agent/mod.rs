@@ -7,6 +7,7 @@
 
 mod direct;
 mod keeper;
+mod pac;
 pub(crate) mod proxy;
 mod window;
 

@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span, field};
 
 use super::Shared;
-use super::direct;
+use super::{direct, pac};
 use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
 use crate::config::ProxyAuth;
 use crate::error::{ForwardError, error_response};
@@ -142,6 +142,11 @@ fn head_len<B>(req: &Request<B>) -> usize {
 }
 
 fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if (req.method() == Method::GET || req.method() == Method::HEAD)
+        && req.uri().path() == "/proxy.pac"
+    {
+        return proxy_pac(shared, req);
+    }
     match admin_path(req) {
         Some(AdminPath::Health) => {
             let up = shared.tunnel.is_up();
@@ -154,6 +159,33 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             "fluidity: this is a proxy; send absolute-form requests (http://host/path) or CONNECT",
         ),
     }
+}
+
+/// `GET /proxy.pac`: the PAC file for `direct_targets`, naming the address the caller reached the agent at (its
+/// `Host`, with port 80 when it names none; the listen address when there is no usable `Host`). Served like
+/// `/healthz`, without `proxy_auth`: browsers and operating systems fetch PAC files without proxy credentials, and
+/// the file holds only the rules and the proxy address. A query string is ignored (some systems add one to defeat
+/// caches), as for the other paths the agent answers itself.
+fn proxy_pac(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    let proxy = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .filter(|host| !host.contains('@'))
+        .and_then(|host| host.parse::<http::uri::Authority>().ok())
+        .map_or_else(
+            || shared.config.listen.to_string(),
+            |authority| match authority.port_u16() {
+                Some(port) => format!("{}:{port}", authority.host()),
+                None => format!("{}:80", authority.host()),
+            },
+        );
+    let mut response = text_response(StatusCode::OK, pac::render(shared.direct.rules(), &proxy));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(pac::CONTENT_TYPE),
+    );
+    response
 }
 
 /// Checks Basic `Proxy-Authorization` against the configured credential.
