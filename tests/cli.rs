@@ -791,6 +791,8 @@ fn start_agent(tmp: &Path, certs: &Path, tunnel_port: u16, extra: &[&str]) -> (P
             .arg(certs.join("client.key"))
             .arg("--ca-cert-file")
             .arg(certs.join("ca.crt"))
+            // The test targets are on loopback: through the tunnel, not direct (and the flag's empty value).
+            .args(["--direct-targets", ""])
             .args(extra),
     )
     .holding([proxy_port]);
