@@ -102,6 +102,8 @@ pub enum CertError {
     Invalid { path: PathBuf, reason: String },
     #[error("{}: not issued by the CA in {}", path.display(), ca.display())]
     NotIssuedByCa { path: PathBuf, ca: PathBuf },
+    #[error("invalid server address {0:?}: expected HOST or HOST:PORT ([v6]:PORT for IPv6)")]
+    BadServer(String),
 }
 
 impl CertError {
@@ -297,6 +299,64 @@ pub fn issue_into(
     fs::create_dir_all(out).map_err(CertError::io(out))?;
     write_file(&paths[0], &pair.cert, force, CERT_FILE_MODE)?;
     write_file(&paths[1], &pair.key, force, KEY_FILE_MODE)?;
+    Ok(paths)
+}
+
+/// Issues a client certificate NAME from the CA in `ca_dir` (as [`issue_into`] does) and writes it, its key, the
+/// CA certificate and `servers` as one invite file `out` (see `invite`), mode 0600 on Unix. Refuses an existing
+/// `out` unless `force`, and a server address that is not `HOST[:PORT]`.
+pub fn invite(
+    ca_dir: &Path,
+    name: &str,
+    servers: &[String],
+    out: &Path,
+    days: u32,
+    force: bool,
+) -> Result<PathBuf, CertError> {
+    check_client_name(name)?;
+    if servers.is_empty() {
+        return Err(CertError::BadServer(String::new()));
+    }
+    if let Some(bad) = servers.iter().find(|s| !crate::invite::server_valid(s)) {
+        return Err(CertError::BadServer(bad.clone()));
+    }
+    if !force {
+        refuse_existing(&[out.to_path_buf()])?;
+    }
+    let (ca, _, _) = load_ca_dir(ca_dir)?;
+    let pair = issue_client(&ca, name, days)?;
+    let text = crate::invite::encode(&crate::invite::Invite {
+        name: name.to_owned(),
+        servers: servers.to_vec(),
+        ca_cert: ca.cert,
+        cert: pair.cert,
+        key: pair.key,
+    });
+    // On platforms without Unix modes the file relies on the permissions of the folder it is written to.
+    write_file(out, &text, force, KEY_FILE_MODE)?;
+    Ok(out.to_path_buf())
+}
+
+/// Writes `files` (name, contents, holds a secret) into `dir`, created if needed: secrets with mode 0600, the rest
+/// 0644. Refuses if any exists, before writing anything, unless `force`. Returns the paths written.
+pub fn write_set(
+    dir: &Path,
+    files: &[(&str, String, bool)],
+    force: bool,
+) -> Result<Vec<PathBuf>, CertError> {
+    let paths: Vec<PathBuf> = files.iter().map(|(name, _, _)| dir.join(name)).collect();
+    if !force {
+        refuse_existing(&paths)?;
+    }
+    fs::create_dir_all(dir).map_err(CertError::io(dir))?;
+    for ((_, contents, secret), path) in files.iter().zip(&paths) {
+        let mode = if *secret {
+            KEY_FILE_MODE
+        } else {
+            CERT_FILE_MODE
+        };
+        write_file(path, contents, force, mode)?;
+    }
     Ok(paths)
 }
 
@@ -937,5 +997,203 @@ mod tests {
         );
         let err = expiry(&dir.path().join("absent.crt")).expect_err("missing");
         assert!(err.to_string().contains("absent.crt"));
+    }
+}
+
+#[cfg(test)]
+/// The invite format over real certificates; here rather than in `invite` because issuing them is this layer's
+/// job, and `invite` sits beneath it.
+mod invite_tests {
+    use crate::certs;
+    use crate::invite::*;
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use time::Duration;
+    use time::OffsetDateTime;
+
+    fn sample() -> Invite {
+        let ca = certs::generate_ca("test ca", 30).unwrap();
+        let client = certs::issue_client(&ca, "laptop", 30).unwrap();
+        Invite {
+            name: "laptop".into(),
+            servers: vec!["vpn.example:9443".into(), "[::1]:8443".into()],
+            ca_cert: ca.cert,
+            cert: client.cert,
+            key: client.key,
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field_and_checks() {
+        let invite = sample();
+        let text = encode(&invite);
+        assert!(text.starts_with("fluidity-invite v1\n"));
+        let back = parse(text.as_bytes()).unwrap();
+        assert_eq!(back, invite);
+        check(&back, OffsetDateTime::now_utc()).unwrap();
+    }
+
+    #[test]
+    fn truncated_file_is_refused() {
+        let text = encode(&sample());
+        for cut in [text.len() - 1, text.len() - 20, text.len() / 2, 20] {
+            let err = parse(&text.as_bytes()[..cut]).unwrap_err();
+            assert_eq!(err, InviteError::Checksum, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn flipped_bit_is_refused() {
+        let text = encode(&sample());
+        let mut bytes = text.into_bytes();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x04;
+        assert!(parse(&bytes).is_err());
+    }
+
+    #[test]
+    fn other_version_and_other_files_are_refused() {
+        let text = encode(&sample()).replacen("v1", "v2", 1);
+        assert_eq!(
+            parse(text.as_bytes()).unwrap_err(),
+            InviteError::Version("v2".into())
+        );
+        assert_eq!(
+            parse(b"server_ip: x\n").unwrap_err(),
+            InviteError::NotAnInvite
+        );
+        assert_eq!(parse(&[0xff, 0xfe]).unwrap_err(), InviteError::NotAnInvite);
+    }
+
+    #[test]
+    fn certificate_from_another_ca_is_refused() {
+        let mut invite = sample();
+        invite.ca_cert = certs::generate_ca("other ca", 30).unwrap().cert;
+        let reparsed = parse(encode(&invite).as_bytes()).unwrap();
+        assert_eq!(
+            check(&reparsed, OffsetDateTime::now_utc()),
+            Err(InviteError::ForeignCa)
+        );
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let mut invite = sample();
+        let other_ca = certs::generate_ca("another", 30).unwrap();
+        invite.key = certs::issue_client(&other_ca, "other", 30).unwrap().key;
+        assert_eq!(
+            check(&invite, OffsetDateTime::now_utc()),
+            Err(InviteError::KeyMismatch)
+        );
+    }
+
+    #[test]
+    fn expired_certificate_is_refused() {
+        let ca = certs::generate_ca("test ca", 30).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let old = certs::issue_client_with_validity(
+            &ca,
+            "laptop",
+            now - Duration::days(10),
+            now - Duration::days(1),
+        )
+        .unwrap();
+        let invite = Invite {
+            name: "laptop".into(),
+            servers: vec!["vpn.example".into()],
+            ca_cert: ca.cert,
+            cert: old.cert,
+            key: old.key,
+        };
+        assert!(matches!(check(&invite, now), Err(InviteError::Expired(_))));
+    }
+
+    #[test]
+    fn bad_server_address_is_refused() {
+        let mut invite = sample();
+        invite.servers = vec!["vpn.example:0".into()];
+        assert!(matches!(
+            parse(encode(&invite).as_bytes()),
+            Err(InviteError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn agent_yaml_writes_one_server_as_host_and_port() {
+        let mut invite = sample();
+        invite.servers = vec!["vpn.example:9443".into()];
+        let yaml = agent_yaml(&invite);
+        assert!(
+            yaml.contains("server_ip: \"vpn.example\"\nserver_port: 9443\n"),
+            "{yaml}"
+        );
+        invite.servers = vec!["[2001:db8::1]".into()];
+        assert!(agent_yaml(&invite).contains("server_ip: \"2001:db8::1\"\ncert_file"));
+        invite.servers = vec!["a.example".into(), "b.example:1".into()];
+        assert!(
+            agent_yaml(&invite).contains("server_ip:\n  - \"a.example\"\n  - \"b.example:1\"\n")
+        );
+    }
+
+    #[test]
+    fn default_dir_per_os() {
+        let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect()
+        };
+        type Case = (
+            Os,
+            &'static [(&'static str, &'static str)],
+            Option<&'static str>,
+        );
+        let cases: &[Case] = &[
+            (
+                Os::Linux,
+                &[("XDG_CONFIG_HOME", "/x"), ("HOME", "/h")],
+                Some("/x/fluidity"),
+            ),
+            (
+                Os::Linux,
+                &[("XDG_CONFIG_HOME", ""), ("HOME", "/h")],
+                Some("/h/.config/fluidity"),
+            ),
+            (
+                Os::Linux,
+                &[("XDG_CONFIG_HOME", "rel"), ("HOME", "/h")],
+                Some("/h/.config/fluidity"),
+            ),
+            (Os::Linux, &[], None),
+            (
+                Os::MacOs,
+                &[("HOME", "/Users/a"), ("XDG_CONFIG_HOME", "/x")],
+                Some("/Users/a/Library/Application Support/fluidity"),
+            ),
+            (Os::MacOs, &[], None),
+            (
+                Os::Windows,
+                &[("APPDATA", "C:/Users/a/AppData/Roaming")],
+                Some("C:/Users/a/AppData/Roaming/fluidity"),
+            ),
+            (Os::Windows, &[("HOME", "/h")], None),
+        ];
+        for (os, vars, want) in cases {
+            assert_eq!(
+                default_dir(&env(vars), *os),
+                want.map(PathBuf::from),
+                "{os:?} {vars:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_never_prints_the_key() {
+        let invite = sample();
+        let shown = format!("{invite:?}");
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains("CERTIFICATE"),
+            "{shown}"
+        );
     }
 }

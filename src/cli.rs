@@ -1,5 +1,5 @@
-//! The command line: `fluidity certs {init, issue, revoke}`, `server`, `agent`, `up` and `health`, as clap derive
-//! structs.
+//! The command line: `fluidity certs {init, issue, invite, revoke}`, `server`, `agent`, `up`, `health` and
+//! `join`, as clap derive structs.
 //!
 //! The doc comments here are the `--help` text. The option structs of `server` and `agent` are the configuration
 //! layers themselves ([`ServerLayer`], [`AgentLayer`]), flattened in, so every YAML key is also a flag.
@@ -55,6 +55,28 @@ pub enum Command {
     Up(UpArgs),
     /// Check a /healthz endpoint: exit 0 when it answers 200, 1 otherwise (a container HEALTHCHECK without a shell)
     Health(HealthArgs),
+    /// Set up this device from an invite file (from `fluidity certs invite`)
+    ///
+    /// Checks the file (version, checksum, certificate signed by the included CA, matching key, not expired) and
+    /// writes agent.yaml, ca.crt, client.crt and client.key (mode 0600) into DIR, then prints the command that
+    /// starts the agent.
+    Join(JoinArgs),
+}
+
+/// `fluidity join`
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The invite file
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Folder to write the configuration into (default: the platform's config folder: $XDG_CONFIG_HOME/fluidity
+    /// or ~/.config/fluidity on Linux, ~/Library/Application Support/fluidity on macOS, %APPDATA%\fluidity on
+    /// Windows)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Overwrite existing files
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl Cli {
@@ -118,6 +140,30 @@ pub enum CertsCommand {
         #[arg(long, value_name = "N", default_value_t = DEFAULT_CERT_DAYS)]
         days: u32,
         /// Overwrite existing files
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate and write it, its key, the CA certificate and the server address(es) as ONE
+    /// invite file for `fluidity join` on the new device
+    ///
+    /// The file holds a private key: it is written with mode 0600 and must be sent over a private channel.
+    Invite {
+        /// Folder holding ca.crt and ca.key
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// Name of the new device (the certificate's common name)
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// Server address the device connects to, HOST or HOST:PORT ([v6]:PORT for IPv6); repeat for several
+        #[arg(long, value_name = "HOST[:PORT]", required = true)]
+        server: Vec<String>,
+        /// The invite file to write
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Validity of the certificate, in days
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_CERT_DAYS)]
+        days: u32,
+        /// Overwrite an existing file
         #[arg(long)]
         force: bool,
     },

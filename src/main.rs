@@ -7,11 +7,13 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 use tracing::{error, info};
 
-use fluidity::cli::{AgentArgs, CertsCommand, Cli, Command, HealthArgs, ServerArgs, UpArgs};
+use fluidity::cli::{
+    AgentArgs, CertsCommand, Cli, Command, HealthArgs, JoinArgs, ServerArgs, UpArgs,
+};
 use fluidity::config::{self, LogFormat, LogSettings};
 use fluidity::shutdown;
 use fluidity::up::{self, Up};
-use fluidity::{Agent, Server, certs};
+use fluidity::{Agent, Server, certs, invite};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args, &env),
         Command::Up(args) => run_up(args, &env),
         Command::Health(args) => run_health(args, &env),
+        Command::Join(args) => run_join(args, &env),
     }
 }
 
@@ -241,6 +244,21 @@ fn run_certs(command: CertsCommand) -> ExitCode {
             days,
             force,
         } => certs::issue_into(&ca_dir, &client, &out, days, force),
+        CertsCommand::Invite {
+            ca_dir,
+            name,
+            server,
+            out,
+            days,
+            force,
+        } => certs::invite(&ca_dir, &name, &server, &out, days, force).inspect(|_| {
+            eprintln!(
+                "{} is a secret: it holds {name}'s private key. Send it over a private channel (in person, \
+                 an end-to-end encrypted message), delete it once joined, then run on the new device: \
+                 fluidity join FILE",
+                out.display()
+            );
+        }).map(|path| vec![path]),
         CertsCommand::Revoke { ca_dir, cert } => certs::revoke(&ca_dir, &cert).map(|crl| vec![crl]),
     };
     match written {
@@ -249,6 +267,46 @@ fn run_certs(command: CertsCommand) -> ExitCode {
                 println!("wrote {}", path.display());
             }
             info!("certificates written");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("fluidity: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `fluidity join`: checks the invite, writes the agent's files, prints the command that starts it. A refused invite
+/// or a missing config folder is exit 2; a write failure exit 1.
+#[expect(
+    clippy::print_stdout,
+    reason = "join prints the command that starts the agent"
+)]
+fn run_join(args: JoinArgs, env: &HashMap<String, String>) -> ExitCode {
+    let invite = match std::fs::read(&args.file) {
+        Ok(data) => invite::parse(&data)
+            .and_then(|inv| invite::check(&inv, time::OffsetDateTime::now_utc()).map(|()| inv)),
+        Err(err) => return config_failure(format!("{}: {err}", args.file.display())),
+    };
+    let invite = match invite {
+        Ok(invite) => invite,
+        Err(err) => return config_failure(format!("{}: {err}", args.file.display())),
+    };
+    let Some(dir) = args
+        .dir
+        .or_else(|| invite::default_dir(env, invite::Os::current()))
+    else {
+        return config_failure("no config folder found (HOME or APPDATA unset): pass --dir");
+    };
+    match certs::write_set(&dir, &invite::join_files(&invite), args.force) {
+        Ok(paths) => {
+            for path in paths {
+                eprintln!("wrote {}", path.display());
+            }
+            println!(
+                "fluidity agent --config {}",
+                dir.join(invite::AGENT_CONFIG_FILE).display()
+            );
             ExitCode::SUCCESS
         }
         Err(err) => {
