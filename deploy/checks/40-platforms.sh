@@ -147,8 +147,10 @@ EOF
     server_addr=$(wait_for_line "$work/server.log" 'server listening addr=[0-9.:]+' | sed 's/.*addr=//') ||
         { cat "$work/server.log"; step_failed windows "the Linux server did not start"; return; }
 
-    # Windows paths in single quotes: YAML keeps the backslashes.
+    # Windows paths in single quotes: YAML keeps the backslashes. `direct_targets: []`: the origin is on loopback,
+    # which the agent would otherwise reach by itself instead of through the tunnel under test.
     cat >"$work/agent.yaml" <<EOF
+direct_targets: []
 server_ip: 127.0.0.1
 server_port: ${server_addr##*:}
 listen_addr: 127.0.0.1

@@ -106,12 +106,14 @@ start_origin() {
 
 # An agent on the host (the same static binary) towards 127.0.0.1:$1 with the client certificate in $2; sets
 # PROXY_PORT and AGENT_PID once its tunnel is up (its /healthz answers 200, checked with `fluidity health`).
+# `--direct-targets ''`: the test targets are on private and loopback addresses, which the agent would otherwise
+# reach by itself instead of through the tunnel under test.
 start_agent() {
     local tunnel_port="$1" certs="$2"
     PROXY_PORT=$(free_port)
     "$BINARY" agent --server-ip 127.0.0.1 --server-port "$tunnel_port" --listen-addr 127.0.0.1 \
         --local-proxy-port "$PROXY_PORT" --cert-file "$certs/client.crt" --key-file "$certs/client.key" \
-        --ca-cert-file "$certs/ca.crt" >"$WORK/agent.log" 2>&1 &
+        --ca-cert-file "$certs/ca.crt" --direct-targets '' >"$WORK/agent.log" 2>&1 &
     AGENT_PID=$!
     wait_until 30 "the host agent's tunnel (fluidity health on its /healthz)" \
         "$BINARY" health "http://127.0.0.1:$PROXY_PORT/healthz"
