@@ -304,7 +304,8 @@ pub fn issue_into(
 
 /// Issues a client certificate NAME from the CA in `ca_dir` (as [`issue_into`] does) and writes it, its key, the
 /// CA certificate and `servers` as one invite file `out` (see `invite`), mode 0600 on Unix. Refuses an existing
-/// `out` unless `force`, and a server address that is not `HOST[:PORT]`.
+/// `out` unless `force`, and a server address that is not `HOST[:PORT]`. With a `passphrase`, the file is sealed
+/// with it (see `invite::seal`).
 pub fn invite(
     ca_dir: &Path,
     name: &str,
@@ -312,6 +313,7 @@ pub fn invite(
     out: &Path,
     days: u32,
     force: bool,
+    passphrase: Option<&str>,
 ) -> Result<PathBuf, CertError> {
     check_client_name(name)?;
     if servers.is_empty() {
@@ -332,6 +334,11 @@ pub fn invite(
         cert: pair.cert,
         key: pair.key,
     });
+    let text = match passphrase {
+        Some(passphrase) => crate::invite::seal(&text, passphrase, crate::invite::SEAL_ITERATIONS)
+            .map_err(|err| CertError::invalid(out, err.to_string()))?,
+        None => text,
+    };
     // On platforms without Unix modes the file relies on the permissions of the folder it is written to.
     write_file(out, &text, force, KEY_FILE_MODE)?;
     Ok(out.to_path_buf())

@@ -77,6 +77,9 @@ pub struct JoinArgs {
     /// Overwrite existing files
     #[arg(long)]
     pub force: bool,
+    /// The passphrase of a sealed invite, in FILE (its first line; - reads standard input)
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 impl Cli {
@@ -166,6 +169,10 @@ pub enum CertsCommand {
         /// Overwrite an existing file
         #[arg(long)]
         force: bool,
+        /// Seal the invite with the passphrase in FILE (its first line; - reads standard input): `join` then needs
+        /// the same passphrase
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Revoke a client certificate: add it to DIR/crl.pem (point the server's crl_file at it)
     Revoke {

@@ -532,12 +532,46 @@ pub fn cert_names(name: &str) {
     }
 }
 
+/// The invite file of `fluidity join`: parsing and checking never panic; what parses encodes to a file that parses
+/// back to the same name and servers; a sealed file's header reads without panicking and, with few enough rounds
+/// to try, opens or is refused cleanly; any text sealed with a passphrase opens with it again to the same bytes.
+pub fn invite(data: &[u8]) {
+    /// Rounds cheap enough to try on every input.
+    const ROUNDS: u32 = 2;
+    if let Ok(parsed) = crate::invite::parse(data) {
+        let _ = crate::invite::check(&parsed, time::OffsetDateTime::now_utc());
+        let again = crate::invite::parse(crate::invite::encode(&parsed).as_bytes())
+            .expect("an encoded invite parses");
+        assert_eq!(
+            (&again.name, &again.servers),
+            (&parsed.name, &parsed.servers)
+        );
+    }
+    if let Ok(parts) = crate::invite::sealed_parts(data)
+        && parts.iterations <= ROUNDS
+    {
+        let _ = crate::invite::open(data, "fuzz").map(|plain| crate::invite::parse(&plain));
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let sealed = crate::invite::seal(text, "fuzz", ROUNDS).expect("any text seals");
+        assert!(crate::invite::is_sealed(sealed.as_bytes()));
+        assert_eq!(
+            crate::invite::open(sealed.as_bytes(), "fuzz").as_deref(),
+            Ok(data)
+        );
+        assert_eq!(
+            crate::invite::open(sealed.as_bytes(), "fuzz!"),
+            Err(crate::invite::InviteError::WrongPassphrase)
+        );
+    }
+}
+
 /// A fuzz target's name (`fuzz/fuzz_targets/NAME.rs`, `fuzz/seeds/NAME/`) and its entry point, which takes the
 /// fuzzer's bytes as they come.
 pub type FuzzTarget = (&'static str, fn(&[u8]));
 
 /// Every fuzz target.
-pub const TARGETS: [FuzzTarget; 8] = [
+pub const TARGETS: [FuzzTarget; 9] = [
     ("authority", authority_input),
     ("headers", headers_input),
     ("rule", rule_input),
@@ -546,6 +580,7 @@ pub const TARGETS: [FuzzTarget; 8] = [
     ("config_yaml", config_yaml_input),
     ("config_env", config_env_input),
     ("cert_names", cert_names_input),
+    ("invite", invite_input),
 ];
 
 /// [`authority`] on the input as text (input that is not UTF-8 is skipped: requests reach the parser as text).
@@ -642,6 +677,11 @@ pub fn cert_names_input(data: &[u8]) {
     if let Ok(name) = std::str::from_utf8(data) {
         cert_names(name);
     }
+}
+
+/// [`invite`] on the bytes of an invite file.
+pub fn invite_input(data: &[u8]) {
+    invite(data);
 }
 
 /// The lines of `data`, split at `\n`, each without a trailing `\r`; an empty last line is no line.

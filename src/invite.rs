@@ -20,7 +20,18 @@
 //! The checksum catches truncation and damage; it is not a signature (anyone who can edit the file can recompute
 //! it). Trust comes from the checks in [`check`]: the certificate must be signed by the included CA, match the
 //! included key and be valid now. The parser ([`parse`]) is a pure function over bytes and is fuzzed
-//! (`fuzz/fuzz_targets/invite.rs`). Passphrase protection is not implemented.
+//! (`fuzz/fuzz_targets/invite.rs`).
+//!
+//! With a passphrase, the whole text above is sealed: the file is then
+//!
+//! ```text
+//! fluidity-invite v1 sealed
+//! kdf: pbkdf2-sha256 <iterations> <salt, base64>
+//! <base64 of nonce and ciphertext, in lines of 76>
+//! ```
+//!
+//! The key is PBKDF2-HMAC-SHA256 of the passphrase; the cipher ChaCha20-Poly1305, with the two header lines as
+//! associated data, so a wrong passphrase and any change to the file are both caught by the tag ([`open`]).
 //!
 //! This module does not issue certificates (see `certs`) and does not start the agent.
 
@@ -28,6 +39,8 @@ use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::path::PathBuf;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use time::OffsetDateTime;
@@ -36,6 +49,16 @@ use time::OffsetDateTime;
 pub const MAGIC: &str = "fluidity-invite";
 /// The one format version this build reads and writes.
 pub const VERSION: &str = "v1";
+/// The word after the version on the first line of a sealed invite.
+const SEALED: &str = "sealed";
+/// PBKDF2 rounds for a new sealed invite.
+pub const SEAL_ITERATIONS: u32 = 600_000;
+/// The most PBKDF2 rounds [`open`] accepts from a file, so a crafted file cannot keep `join` busy for hours.
+const MAX_ITERATIONS: u32 = 10_000_000;
+const SALT_LEN: usize = 16;
+const NONCE_LEN: usize = 12;
+const LINE_WIDTH: usize = 76;
+
 /// Name of the agent configuration `join` writes.
 pub const AGENT_CONFIG_FILE: &str = "agent.yaml";
 
@@ -84,6 +107,14 @@ pub enum InviteError {
     Expired(OffsetDateTime),
     #[error("the invite's certificate is not valid before {0}")]
     NotYetValid(OffsetDateTime),
+    #[error(
+        "the invite is protected by a passphrase: pass --passphrase-file FILE (- reads standard input)"
+    )]
+    Sealed,
+    #[error("wrong passphrase, or the invite file is damaged")]
+    WrongPassphrase,
+    #[error("the passphrase is empty")]
+    EmptyPassphrase,
 }
 
 /// Renders `invite` as the text of an invite file, checksum included.
@@ -104,12 +135,160 @@ pub fn encode(invite: &Invite) -> String {
     body
 }
 
+/// Whether `data` is a sealed (passphrase-protected) invite, by its first line.
+pub fn is_sealed(data: &[u8]) -> bool {
+    first_line_words(data).is_some_and(|words| words == [MAGIC, VERSION, SEALED])
+}
+
+fn first_line_words(data: &[u8]) -> Option<Vec<&str>> {
+    let end = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
+    let line = std::str::from_utf8(&data[..end]).ok()?;
+    Some(line.split_whitespace().collect())
+}
+
+/// Seals the invite text `plain` with `passphrase`: a fresh random salt and nonce, `iterations` PBKDF2 rounds.
+///
+/// # Errors
+/// [`InviteError::EmptyPassphrase`]; [`InviteError::Malformed`] when the system has no random numbers to give.
+pub fn seal(plain: &str, passphrase: &str, iterations: u32) -> Result<String, InviteError> {
+    use ring::rand::SecureRandom as _;
+    if passphrase.is_empty() {
+        return Err(InviteError::EmptyPassphrase);
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let mut salt = [0u8; SALT_LEN];
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill(&mut salt)
+        .and_then(|()| rng.fill(&mut nonce))
+        .map_err(|_| InviteError::Malformed("no random numbers from the system".to_owned()))?;
+    let header = format!(
+        "{MAGIC} {VERSION} {SEALED}\nkdf: pbkdf2-sha256 {iterations} {}\n",
+        B64.encode(salt)
+    );
+    let key = sealing_key(passphrase, &salt, iterations)?;
+    let mut data = plain.as_bytes().to_vec();
+    key.seal_in_place_append_tag(
+        ring::aead::Nonce::assume_unique_for_key(nonce),
+        ring::aead::Aad::from(header.as_bytes()),
+        &mut data,
+    )
+    .map_err(|_| InviteError::Malformed("the invite cannot be sealed".to_owned()))?;
+    let mut payload = nonce.to_vec();
+    payload.extend_from_slice(&data);
+    let encoded = B64.encode(payload);
+    let mut text = header;
+    for chunk in encoded.as_bytes().chunks(LINE_WIDTH) {
+        text.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// The parts of a sealed invite, read without the passphrase.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SealedParts {
+    /// The two header lines, as the associated data.
+    pub header: String,
+    pub iterations: u32,
+    pub salt: Vec<u8>,
+    /// Nonce, then ciphertext and tag.
+    pub payload: Vec<u8>,
+}
+
+/// Reads a sealed invite's header and payload. Never panics, whatever the input.
+///
+/// # Errors
+/// [`InviteError::NotAnInvite`] when it is not a sealed invite, [`InviteError::Malformed`] when its parts are
+/// unreadable.
+pub fn sealed_parts(data: &[u8]) -> Result<SealedParts, InviteError> {
+    if !is_sealed(data) {
+        return Err(InviteError::NotAnInvite);
+    }
+    let text = std::str::from_utf8(data).map_err(|_| InviteError::NotAnInvite)?;
+    let mut lines = text.split_inclusive('\n');
+    let first = lines.next().unwrap_or_default();
+    let kdf = lines.next().unwrap_or_default();
+    let malformed = |what: &str| InviteError::Malformed(what.to_owned());
+    let mut words = kdf
+        .strip_prefix("kdf: pbkdf2-sha256 ")
+        .ok_or_else(|| malformed("no `kdf: pbkdf2-sha256` line"))?
+        .split_whitespace();
+    let iterations = words
+        .next()
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_ITERATIONS).contains(n))
+        .ok_or_else(|| malformed("bad kdf rounds"))?;
+    let salt = words
+        .next()
+        .and_then(|salt| B64.decode(salt).ok())
+        .filter(|salt| !salt.is_empty() && words.next().is_none())
+        .ok_or_else(|| malformed("bad kdf salt"))?;
+    let body: String = lines.flat_map(|line| line.trim_end().chars()).collect();
+    let payload = B64
+        .decode(body)
+        .ok()
+        .filter(|payload| payload.len() >= NONCE_LEN + ring::aead::CHACHA20_POLY1305.tag_len())
+        .ok_or(InviteError::WrongPassphrase)?;
+    Ok(SealedParts {
+        header: format!("{first}{kdf}"),
+        iterations,
+        salt,
+        payload,
+    })
+}
+
+/// Opens a sealed invite with `passphrase`, giving the plain invite text for [`parse`].
+///
+/// # Errors
+/// [`InviteError::WrongPassphrase`] when the passphrase is wrong or the file was changed; the errors of
+/// [`sealed_parts`].
+pub fn open(data: &[u8], passphrase: &str) -> Result<Vec<u8>, InviteError> {
+    let parts = sealed_parts(data)?;
+    if passphrase.is_empty() {
+        return Err(InviteError::EmptyPassphrase);
+    }
+    let key = sealing_key(passphrase, &parts.salt, parts.iterations)?;
+    let (nonce, sealed) = parts.payload.split_at(NONCE_LEN);
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce)
+        .map_err(|_| InviteError::WrongPassphrase)?;
+    let mut sealed = sealed.to_vec();
+    let plain = key
+        .open_in_place(
+            nonce,
+            ring::aead::Aad::from(parts.header.as_bytes()),
+            &mut sealed,
+        )
+        .map_err(|_| InviteError::WrongPassphrase)?;
+    Ok(plain.to_vec())
+}
+
+fn sealing_key(
+    passphrase: &str,
+    salt: &[u8],
+    iterations: u32,
+) -> Result<ring::aead::LessSafeKey, InviteError> {
+    let mut key = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(iterations).unwrap_or(std::num::NonZeroU32::MIN),
+        salt,
+        passphrase.as_bytes(),
+        &mut key,
+    );
+    let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &key)
+        .map_err(|_| InviteError::Malformed("no sealing key".to_owned()))?;
+    Ok(ring::aead::LessSafeKey::new(unbound))
+}
+
 /// Parses an invite file. Checks the version line and the checksum before anything else, then the fields; does
 /// not look inside the certificates (that is [`check`]).
 ///
 /// # Errors
 /// [`InviteError`] naming what is wrong. Never panics, whatever the input.
 pub fn parse(data: &[u8]) -> Result<Invite, InviteError> {
+    if is_sealed(data) {
+        return Err(InviteError::Sealed);
+    }
     let text = std::str::from_utf8(data).map_err(|_| InviteError::NotAnInvite)?;
     let first = text.lines().next().unwrap_or_default();
     let mut words = first.split_whitespace();

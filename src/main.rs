@@ -251,14 +251,21 @@ fn run_certs(command: CertsCommand) -> ExitCode {
             out,
             days,
             force,
-        } => certs::invite(&ca_dir, &name, &server, &out, days, force).inspect(|_| {
+            passphrase_file,
+        } => {
+            let passphrase = match passphrase_file.as_deref().map(read_passphrase).transpose() {
+                Ok(passphrase) => passphrase,
+                Err(err) => return config_failure(err),
+            };
+            certs::invite(&ca_dir, &name, &server, &out, days, force, passphrase.as_deref()).inspect(|_| {
             eprintln!(
                 "{} is a secret: it holds {name}'s private key. Send it over a private channel (in person, \
                  an end-to-end encrypted message), delete it once joined, then run on the new device: \
                  fluidity join FILE",
                 out.display()
             );
-        }).map(|path| vec![path]),
+        }).map(|path| vec![path])
+        }
         CertsCommand::Revoke { ca_dir, cert } => certs::revoke(&ca_dir, &cert).map(|crl| vec![crl]),
     };
     match written {
@@ -283,11 +290,26 @@ fn run_certs(command: CertsCommand) -> ExitCode {
     reason = "join prints the command that starts the agent"
 )]
 fn run_join(args: JoinArgs, env: &HashMap<String, String>) -> ExitCode {
-    let invite = match std::fs::read(&args.file) {
-        Ok(data) => invite::parse(&data)
-            .and_then(|inv| invite::check(&inv, time::OffsetDateTime::now_utc()).map(|()| inv)),
+    let data = match std::fs::read(&args.file) {
+        Ok(data) => data,
         Err(err) => return config_failure(format!("{}: {err}", args.file.display())),
     };
+    let passphrase = match args
+        .passphrase_file
+        .as_deref()
+        .map(read_passphrase)
+        .transpose()
+    {
+        Ok(passphrase) => passphrase,
+        Err(err) => return config_failure(err),
+    };
+    let opened = match passphrase {
+        Some(passphrase) if invite::is_sealed(&data) => invite::open(&data, &passphrase),
+        _ => Ok(data),
+    };
+    let invite = opened
+        .and_then(|data| invite::parse(&data))
+        .and_then(|inv| invite::check(&inv, time::OffsetDateTime::now_utc()).map(|()| inv));
     let invite = match invite {
         Ok(invite) => invite,
         Err(err) => return config_failure(format!("{}: {err}", args.file.display())),
@@ -314,6 +336,32 @@ fn run_join(args: JoinArgs, env: &HashMap<String, String>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The passphrase in `path` (`-`: standard input): its first line, without the line ending.
+fn read_passphrase(path: &std::path::Path) -> Result<String, String> {
+    let text = if path.as_os_str() == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|err| format!("cannot read the passphrase from standard input: {err}"))?;
+        line
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|err| format!("passphrase file {}: {err}", path.display()))?
+    };
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(format!(
+            "the passphrase from {} is empty",
+            if path.as_os_str() == "-" {
+                "standard input".to_owned()
+            } else {
+                path.display().to_string()
+            }
+        ));
+    }
+    Ok(line.to_owned())
 }
 
 /// mimalloc keeps freed memory for reuse instead of handing it back to the kernel at once: glibc's malloc returned

@@ -89,8 +89,18 @@ fn collect(mut pipe: impl io::Read + Send + 'static, into: Arc<Mutex<String>>) -
 
 impl Proc {
     fn spawn(cmd: &mut Command) -> Self {
+        Self::spawn_with_input(cmd, None)
+    }
+
+    /// Like [`Proc::spawn`], writing `input` (when some) to the child's stdin and closing it.
+    fn spawn_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Self {
+        let stdin = if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -101,6 +111,10 @@ impl Proc {
             collect(child.stdout.take().expect("piped stdout"), stdout.clone()),
             collect(child.stderr.take().expect("piped stderr"), stderr.clone()),
         ];
+        if let Some(input) = input {
+            let mut pipe = child.stdin.take().expect("piped stdin");
+            pipe.write_all(input).expect("write the child's stdin");
+        }
         Self {
             child,
             stdout,
@@ -1131,4 +1145,189 @@ fn sighup_reloads_the_crl_and_closes_a_revoked_agents_tunnel() {
     agent.signal("TERM");
     assert_exit_code(&server.wait_exit(EXIT_TIMEOUT), 0);
     assert_exit_code(&agent.wait_exit(EXIT_TIMEOUT), 0);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// certs invite and join
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `fluidity certs invite` from the CA in `certs` for `servers`, written to `out` with `extra` arguments.
+fn certs_invite(
+    tmp: &Path,
+    certs: &Path,
+    servers: &[&str],
+    out: &Path,
+    extra: &[&str],
+) -> Finished {
+    let mut cmd = fluidity(tmp);
+    cmd.args(["certs", "invite", "--name", "phone", "--ca-dir"])
+        .arg(certs)
+        .arg("--out")
+        .arg(out)
+        .args(extra);
+    for server in servers {
+        cmd.args(["--server", server]);
+    }
+    run(&mut cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_joined_from_an_invite_carries_a_request_through_the_tunnel() {
+    let tmp = TempDir::new().unwrap();
+    let certs = certs_init(tmp.path());
+    let (origin, mut heads) = spawn_origin().await;
+    let (_server, tunnel_port, _) =
+        start_server(tmp.path(), &certs, &["--allow-private-targets", "true"]);
+
+    let invite = tmp.path().join("phone.invite");
+    let server = format!("127.0.0.1:{tunnel_port}");
+    let made = certs_invite(tmp.path(), &certs, &[&server], &invite, &[]);
+    assert_exit_code(&made, 0);
+    assert!(made.stderr.contains("is a secret"), "{}", made.stderr);
+    assert_eq!(mode(&invite), 0o600);
+    let text = fs::read_to_string(&invite).unwrap();
+    assert!(text.starts_with("fluidity-invite v1\n"), "{text}");
+    assert!(text.contains(&format!("server: {server}\n")), "{text}");
+
+    let dir = tmp.path().join("joined");
+    let joined = run(fluidity(tmp.path())
+        .arg("join")
+        .arg(&invite)
+        .arg("--dir")
+        .arg(&dir));
+    assert_exit_code(&joined, 0);
+    let config = dir.join("agent.yaml");
+    assert_eq!(
+        joined.stdout.trim_end(),
+        format!("fluidity agent --config {}", config.display())
+    );
+    assert_eq!(mode(&dir.join("client.key")), 0o600);
+    assert_pem(&dir.join("client.crt"), "CERTIFICATE");
+
+    // A second join would replace the device's key: refused, naming a file, unless --force.
+    let again = run(fluidity(tmp.path())
+        .arg("join")
+        .arg(&invite)
+        .arg("--dir")
+        .arg(&dir));
+    assert_exit_code(&again, 1);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+    let forced = run(fluidity(tmp.path())
+        .arg("join")
+        .arg(&invite)
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--force"));
+    assert_exit_code(&forced, 0);
+
+    // The command join printed, plus a free port and the test's loopback origin through the tunnel.
+    let proxy_port = ReservedPort::new();
+    let proxy = proxy_port.addr();
+    let mut agent = Proc::spawn(
+        fluidity(tmp.path())
+            .args(["agent", "--config"])
+            .arg(&config)
+            .arg("--local-proxy-port")
+            .arg(proxy.port().to_string())
+            .args(["--direct-targets", ""]),
+    )
+    .holding([proxy_port]);
+    agent.wait_for_status(proxy, "/healthz", 200);
+    let (status, body) = http(
+        proxy,
+        &format!(
+            "GET http://{origin}/joined HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(ORIGIN_BODY), "{body}");
+    let head = heads.try_recv().expect("the origin saw the request");
+    assert!(head.starts_with("GET /joined HTTP/1.1\r\n"), "{head}");
+}
+
+#[test]
+fn a_sealed_invite_joins_only_with_its_passphrase() {
+    let tmp = TempDir::new().unwrap();
+    let certs = certs_init(tmp.path());
+    let pass = tmp.path().join("pass.txt");
+    write_file(&pass, "tulip mango 42\n");
+    let invite = tmp.path().join("phone.invite");
+    let made = certs_invite(
+        tmp.path(),
+        &certs,
+        &["vpn.example.net:8443"],
+        &invite,
+        &["--passphrase-file", path_str(&pass)],
+    );
+    assert_exit_code(&made, 0);
+    let text = fs::read_to_string(&invite).unwrap();
+    assert!(text.starts_with("fluidity-invite v1 sealed\n"), "{text}");
+    assert!(!text.contains("PRIVATE KEY") && !text.contains("vpn.example.net"));
+
+    let join = |extra: &[&str], input: Option<&[u8]>| {
+        let mut cmd = fluidity(tmp.path());
+        cmd.arg("join")
+            .arg(&invite)
+            .arg("--dir")
+            .arg(tmp.path().join("joined"))
+            .args(extra);
+        Proc::spawn_with_input(&mut cmd, input).wait_exit(COMMAND_TIMEOUT)
+    };
+    let without = join(&[], None);
+    assert_exit_code(&without, 2);
+    assert!(
+        one_line(&without).contains("--passphrase-file"),
+        "{}",
+        without.stderr
+    );
+
+    let wrong_file = tmp.path().join("wrong.txt");
+    write_file(&wrong_file, "tulip mango 43");
+    let wrong = join(&["--passphrase-file", path_str(&wrong_file)], None);
+    assert_exit_code(&wrong, 2);
+    assert!(
+        one_line(&wrong).contains("wrong passphrase"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(
+        !tmp.path().join("joined").exists(),
+        "nothing written on a refusal"
+    );
+
+    let right = join(&["--passphrase-file", "-"], Some(b"tulip mango 42\n"));
+    assert_exit_code(&right, 0);
+    let yaml = fs::read_to_string(tmp.path().join("joined/agent.yaml")).unwrap();
+    assert!(yaml.contains("server_ip: \"vpn.example.net\""), "{yaml}");
+    assert!(yaml.contains("server_port: 8443"), "{yaml}");
+}
+
+#[test]
+fn join_refuses_a_truncated_invite_or_another_file_with_one_line_and_exit_2() {
+    let tmp = TempDir::new().unwrap();
+    let certs = certs_init(tmp.path());
+    let invite = tmp.path().join("phone.invite");
+    assert_exit_code(&certs_invite(tmp.path(), &certs, &["h"], &invite, &[]), 0);
+    let text = fs::read_to_string(&invite).unwrap();
+    let truncated = tmp.path().join("truncated.invite");
+    write_file(&truncated, &text[..text.len() / 2]);
+
+    for (file, reason) in [
+        (truncated, "damaged or truncated"),
+        (certs.join("ca.crt"), "not a fluidity invite"),
+        (tmp.path().join("missing.invite"), "missing.invite"),
+    ] {
+        let done = run(fluidity(tmp.path())
+            .arg("join")
+            .arg(&file)
+            .arg("--dir")
+            .arg(tmp.path().join("joined")));
+        assert_exit_code(&done, 2);
+        assert!(one_line(&done).contains(reason), "{}", done.stderr);
+    }
+    assert!(
+        !tmp.path().join("joined").exists(),
+        "nothing written on a refusal"
+    );
 }

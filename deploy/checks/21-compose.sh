@@ -35,15 +35,17 @@ FLUIDITY_TUNNEL_PORT=$(free_port)
 export FLUIDITY_IMAGE FLUIDITY_PROXY_PORT FLUIDITY_TUNNEL_PORT
 # TEST ONLY: the target is the server container's own /healthz on its loopback, a private address the server
 # refuses unless told otherwise; the shipped server.yaml keeps allow_private_targets false.
-# The agent sends everything through the tunnel (`--direct-targets ''`): the target is on a loopback address,
-# which it would otherwise reach by itself.
+# The agent sends everything through the tunnel (`FLUIDITY_DIRECT_TARGETS=[]`): the target is on a loopback
+# address, which it would otherwise reach by itself. (An environment entry: compose merges a `command` override
+# into the service's instead of replacing it.)
 cat >"$WORK/override.yaml" <<'YAML'
 services:
   server:
     environment:
       FLUIDITY_ALLOW_PRIVATE_TARGETS: "true"
   agent:
-    command: ["agent", "--config", "/etc/fluidity/agent.yaml", "--direct-targets", ""]
+    environment:
+      FLUIDITY_DIRECT_TARGETS: "[]"
 YAML
 
 compose up -d >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; fail "podman-compose up failed"; }

@@ -93,7 +93,8 @@ fn render_key(key: &Value) -> String {
 /// Builds a layer from `FLUIDITY_<KEY>` entries of `env`.
 ///
 /// Each value is read as a YAML scalar (`8443` is a number, `true` a boolean), falling back to the plain string, so
-/// a numeric host name or password still works. List keys are split on ','. Empty values count as unset.
+/// a numeric host name or password still works. List keys are split on ','; `[]` is the empty list. Empty values
+/// count as unset.
 ///
 /// # Errors
 /// [`ConfigError::Env`] naming the variable when its value does not fit the key's type.
@@ -105,7 +106,9 @@ pub(crate) fn env_layer<L: Layer>(env: &HashMap<String, String>) -> Result<L, Co
         if raw.trim().is_empty() {
             continue;
         }
-        let candidates = if is_list_key::<L>(key) {
+        let candidates = if is_list_key::<L>(key) && raw.trim() == "[]" {
+            vec![Value::Sequence(Vec::new())]
+        } else if is_list_key::<L>(key) {
             let items = raw
                 .split(',')
                 .map(str::trim)
@@ -445,6 +448,16 @@ mod tests {
             Some(vec!["10.0.0.0/8".into(), "*.internal".into(), ":25".into()])
         );
         assert_eq!(layer.allow_targets, Some(vec!["only.example".into()]));
+    }
+
+    #[test]
+    fn env_list_of_brackets_is_the_empty_list_and_an_empty_value_is_unset() {
+        let layer: AgentLayer =
+            env_layer(&env(&[("FLUIDITY_DIRECT_TARGETS", " [] ")])).expect("valid env");
+        assert_eq!(layer.direct_targets, Some(Vec::new()));
+        let layer: AgentLayer =
+            env_layer(&env(&[("FLUIDITY_DIRECT_TARGETS", "")])).expect("valid env");
+        assert_eq!(layer.direct_targets, None);
     }
 
     #[test]
