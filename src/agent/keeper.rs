@@ -56,6 +56,14 @@ impl Tunnels {
         Self { own, all }
     }
 
+    /// Whether each tunnel is up, in tunnel order.
+    pub(crate) fn each_up(&self) -> Vec<bool> {
+        self.all
+            .iter()
+            .map(|tunnel| tunnel.borrow().is_up())
+            .collect()
+    }
+
     /// Whether a request can go out now: some tunnel is up.
     pub(crate) fn is_up(&self) -> bool {
         self.all.iter().any(|tunnel| tunnel.borrow().is_up())
@@ -157,6 +165,11 @@ impl Keeper {
                         Err(err) => err.to_string(),
                     };
                     warn!(reason = %reason, tunnel = self.index, "tunnel lost, reconnecting");
+                    self.metrics.recent.push(
+                        "tunnel",
+                        self.server_text(),
+                        format!("tunnel lost: {reason}"),
+                    );
                     if since.elapsed() >= STABLE_PERIOD {
                         attempt = 0;
                     }
@@ -164,6 +177,9 @@ impl Keeper {
                 Err(err) => {
                     self.metrics.tunnel_failures.inc();
                     warn!(error = %err, attempt, tunnel = self.index, "tunnel connect failed");
+                    self.metrics
+                        .recent
+                        .push("tunnel", self.server_text(), err.to_string());
                 }
             }
             let delay = backoff_delay(attempt, jitter_sample());
@@ -173,6 +189,15 @@ impl Keeper {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// The server as `host:port` (`[v6]:port`).
+    fn server_text(&self) -> String {
+        if self.server_host.contains(':') {
+            format!("[{}]:{}", self.server_host, self.server_port)
+        } else {
+            format!("{}:{}", self.server_host, self.server_port)
         }
     }
 

@@ -9,6 +9,7 @@ mod direct;
 mod keeper;
 mod pac;
 pub(crate) mod proxy;
+mod status;
 mod window;
 
 use anyhow::Context as _;
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     tunnel: Tunnels,
     metrics: Arc<AgentMetrics>,
     drain: Drain,
+    /// When the agent was bound (the status page's uptime).
+    started: std::time::Instant,
 }
 
 /// A bound agent, ready to [`run`](Agent::run).
@@ -112,6 +115,9 @@ impl Agent {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        // The address bound (port 0 picks one): what the status page and the PAC file's fallback name.
+        let mut config = config;
+        config.listen = listener.local_addr()?;
         let metrics = Arc::new(AgentMetrics::new());
         expiry::record(&config.tls.cert_file, &metrics.cert_expiry_seconds, "agent");
         let count = config.tunnels.max(1);
@@ -134,6 +140,7 @@ impl Agent {
         let states: Arc<[_]> = states.into();
         let drain = Drain::default();
         let direct = Arc::new(direct::Direct::new(&config.direct_targets));
+        let started = std::time::Instant::now();
         let per_tunnel = (0..count)
             .map(|own| {
                 Arc::new(Shared {
@@ -142,6 +149,7 @@ impl Agent {
                     tunnel: Tunnels::new(own, states.clone()),
                     metrics: metrics.clone(),
                     drain: drain.clone(),
+                    started,
                 })
             })
             .collect();

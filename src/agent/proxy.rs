@@ -1,7 +1,8 @@
 //! The agent's HTTP/1.1 proxy service: one caller request in, one tunnel stream out.
 //!
-//! Origin-form requests are for the agent itself (`/healthz`, `/metrics`); absolute-form requests, `CONNECT` and
-//! WebSocket upgrades are proxied as described in `tunnel`. It never follows redirects and never retries a request.
+//! Origin-form requests are for the agent itself (`/healthz`, `/metrics`, `/proxy.pac`, the status page `/` and
+//! `/status`); absolute-form requests, `CONNECT` and WebSocket upgrades are proxied as described in `tunnel`. It
+//! never follows redirects and never retries a request.
 //!
 //! A target covered by `direct_targets` (see `direct`) is reached by the agent itself on every path, with the same
 //! statuses as a tunnel failure: CONNECT and WebSocket over a TCP connection of their own, an absolute-form
@@ -33,7 +34,7 @@ use tokio::net::TcpStream;
 use tracing::{Instrument, debug, debug_span, field};
 
 use super::Shared;
-use super::{direct, pac};
+use super::{direct, pac, status};
 use crate::admin::{AdminPath, admin_path, health_response, metrics_response};
 use crate::config::ProxyAuth;
 use crate::error::{ForwardError, error_response};
@@ -80,6 +81,8 @@ pub(super) async fn handle(
     } else {
         StreamKind::Http
     };
+    // For the status page's list of recent failures; a reference count, not a copy.
+    let authority = req.uri().authority().cloned();
     let span = debug_span!("request", method = %req.method(), target = field::Empty);
     let result = async {
         match kind {
@@ -93,6 +96,11 @@ pub(super) async fn handle(
     Ok(match result {
         Ok(response) => {
             let outcome = if response.status().is_server_error() {
+                shared.metrics.recent.push(
+                    kind.as_str(),
+                    target_text(authority.as_ref()),
+                    format!("{} from the server", response.status()),
+                );
                 "error"
             } else {
                 "ok"
@@ -103,9 +111,18 @@ pub(super) async fn handle(
         Err(err) => {
             shared.metrics.request(kind, err.class());
             debug!(error = %err, class = err.class(), "request failed");
+            shared.metrics.recent.push(
+                kind.as_str(),
+                target_text(authority.as_ref()),
+                err.to_string(),
+            );
             error_response(&err)
         }
     })
+}
+
+fn target_text(authority: Option<&http::uri::Authority>) -> String {
+    authority.map_or_else(String::new, ToString::to_string)
 }
 
 /// A short text answer with one header of its own.
@@ -142,10 +159,13 @@ fn head_len<B>(req: &Request<B>) -> usize {
 }
 
 fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    if (req.method() == Method::GET || req.method() == Method::HEAD)
-        && req.uri().path() == "/proxy.pac"
-    {
-        return proxy_pac(shared, req);
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        if req.uri().path() == "/proxy.pac" {
+            return proxy_pac(shared, req);
+        }
+        if let Some(response) = status::respond(shared, req) {
+            return response;
+        }
     }
     match admin_path(req) {
         Some(AdminPath::Health) => {
@@ -190,8 +210,13 @@ fn proxy_pac(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
 
 /// Checks Basic `Proxy-Authorization` against the configured credential.
 pub(crate) fn authorized(auth: &ProxyAuth, headers: &http::HeaderMap) -> bool {
-    let Some(credential) = headers
-        .get(header::PROXY_AUTHORIZATION)
+    basic_matches(auth, headers.get(header::PROXY_AUTHORIZATION))
+}
+
+/// Checks one Basic credential header value (`Proxy-Authorization` or `Authorization`) against the configured
+/// credential.
+pub(super) fn basic_matches(auth: &ProxyAuth, value: Option<&header::HeaderValue>) -> bool {
+    let Some(credential) = value
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))

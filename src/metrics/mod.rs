@@ -4,8 +4,10 @@
 //! URL or address. Each role owns one registry: there is no global state.
 
 mod body;
+mod recent;
 
 pub(crate) use body::Counted;
+pub(crate) use recent::{RecentError, RecentErrors};
 
 use prometheus_client::encoding::{EncodeLabelSet, text::encode};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
@@ -21,7 +23,7 @@ pub(crate) enum StreamKind {
 
 impl StreamKind {
     /// Every kind, in the order of their discriminants (`kind as usize` indexes this).
-    const ALL: [Self; 3] = [Self::Http, Self::Connect, Self::Websocket];
+    pub(crate) const ALL: [Self; 3] = [Self::Http, Self::Connect, Self::Websocket];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -224,6 +226,10 @@ pub(crate) struct AgentMetrics {
     pub(crate) bytes: ByteCounters,
     pub(crate) cert_expiry_seconds: Gauge,
     pub(crate) stream_window_bytes: Gauge,
+    /// Requests that did not end `ok`, all kinds (for the status page; not exported: `requests` has them).
+    failed_requests: Counter,
+    /// The last few failures with their reasons (the status page).
+    pub(crate) recent: RecentErrors,
 }
 
 impl AgentMetrics {
@@ -306,6 +312,8 @@ impl AgentMetrics {
             bytes: byte_counters(&bytes_family),
             cert_expiry_seconds,
             stream_window_bytes,
+            failed_requests: Counter::default(),
+            recent: RecentErrors::default(),
         }
     }
 
@@ -315,6 +323,7 @@ impl AgentMetrics {
             self.requests_ok.get(kind).inc();
             return;
         }
+        self.failed_requests.inc();
         self.requests
             .get_or_create(&RequestLabel {
                 kind: kind.as_str(),
@@ -332,6 +341,18 @@ impl AgentMetrics {
         let gauge = self.streams_open.get(kind).clone();
         gauge.inc();
         OpenGuard(gauge)
+    }
+
+    /// Requests finished so far, and how many of them did not end `ok`.
+    pub(crate) fn request_totals(&self) -> (u64, u64) {
+        let failed = self.failed_requests.get();
+        let ok: u64 = self.requests_ok.0.iter().map(Counter::get).sum();
+        (ok + failed, failed)
+    }
+
+    /// Streams relaying now, of `kind`.
+    pub(crate) fn open_streams(&self, kind: StreamKind) -> i64 {
+        self.streams_open.get(kind).get()
     }
 
     pub(crate) fn render(&self) -> String {
