@@ -120,8 +120,8 @@ impl Agent {
                 let (state, tunnel) = watch::channel(TunnelState::Down);
                 let keeper = Keeper {
                     index,
-                    server_host: config.server_host.clone(),
-                    server_port: config.server_port,
+                    server_host: config.servers[0].host.clone(),
+                    server_port: config.servers[0].port,
                     connect_timeout: config.connect_timeout,
                     keepalive: config.keepalive,
                     tls: tls_config.clone(),
