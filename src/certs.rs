@@ -1143,6 +1143,38 @@ mod invite_tests {
     }
 
     #[test]
+    fn agent_yaml_loads_with_every_server_in_order() {
+        use crate::config::{AgentLayer, ServerEndpoint, load_agent};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("agent.yaml");
+        let mut invite = sample();
+        let cases = [
+            (
+                vec!["vpn.example:9443"],
+                vec![ServerEndpoint::new("vpn.example", 9443)],
+            ),
+            (
+                vec!["a.example", "b.example:1", "[2001:db8::1]:2", "2001:db8::3"],
+                vec![
+                    ServerEndpoint::new("a.example", 8443),
+                    ServerEndpoint::new("b.example", 1),
+                    ServerEndpoint::new("2001:db8::1", 2),
+                    ServerEndpoint::new("2001:db8::3", 8443),
+                ],
+            ),
+        ];
+        for (servers, expected) in cases {
+            invite.servers = servers.iter().map(|s| (*s).to_owned()).collect();
+            assert!(invite.servers.iter().all(|s| server_valid(s)));
+            std::fs::write(&file, agent_yaml(&invite)).unwrap();
+            let config = load_agent(Some(&file), &AgentLayer::default(), &HashMap::new()).unwrap();
+            assert_eq!(config.servers, expected);
+        }
+        assert!(!server_valid("a b.example"));
+        assert!(!server_valid("[vpn.example]:1"));
+    }
+
+    #[test]
     fn default_dir_per_os() {
         let env = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
             pairs

@@ -261,7 +261,10 @@ mod tests {
             help.contains("[default: 8443] [env: FLUIDITY_SERVER_PORT]"),
             "{help}"
         );
-        assert!(help.contains("[env: FLUIDITY_SERVER_IP]"), "{help}");
+        assert!(
+            help.contains("[env: FLUIDITY_SERVER_IP, comma-separated]"),
+            "{help}"
+        );
     }
 
     #[test]
@@ -284,11 +287,33 @@ mod tests {
             panic!("expected the agent command");
         };
         assert!(args.save);
-        assert_eq!(args.flags.server_ip.as_deref(), Some("203.0.113.7"));
+        assert_eq!(args.flags.server_ip, Some(vec!["203.0.113.7".to_owned()]));
         assert_eq!(args.flags.fast_connect, Some(true));
         assert_eq!(args.flags.allow_open_proxy, Some(false));
         assert_eq!(args.flags.log_format, Some(crate::config::LogFormat::Json));
         assert_eq!(args.flags.server_port, None);
+    }
+
+    #[test]
+    fn server_ip_flag_takes_a_comma_separated_list() {
+        let cli = Cli::try_parse_from([
+            "fluidity",
+            "agent",
+            "--server-ip",
+            "a.example:1,[2001:db8::1]:2,2001:db8::3",
+        ])
+        .expect("valid command line");
+        let Command::Agent(args) = cli.command else {
+            panic!("expected the agent command");
+        };
+        assert_eq!(
+            args.flags.server_ip,
+            Some(vec![
+                "a.example:1".to_owned(),
+                "[2001:db8::1]:2".to_owned(),
+                "2001:db8::3".to_owned()
+            ])
+        );
     }
 
     #[test]

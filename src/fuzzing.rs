@@ -349,17 +349,26 @@ fn assert_one_line(error: &ConfigError) {
 
 /// The promises of a validated agent configuration (`config::resolve`).
 fn check_agent(config: &AgentConfig) {
-    let host = &config.server_host;
-    assert!(!host.is_empty(), "empty server_host");
-    assert!(
-        !host.contains(|c: char| c.is_whitespace() || "/[]@".contains(c)),
-        "server_host {host:?}"
-    );
-    assert!(
-        !host.contains(':') || host.parse::<IpAddr>().is_ok(),
-        "server_host {host:?} has a port"
-    );
-    assert_ne!(config.server_port, 0);
+    assert!(!config.servers.is_empty(), "no server");
+    for server in &config.servers {
+        let host = &server.host;
+        assert!(!host.is_empty(), "empty server host");
+        assert!(
+            !host.contains(|c: char| c.is_whitespace() || "/[]@,".contains(c)),
+            "server host {host:?}"
+        );
+        assert!(
+            !host.contains(':') || host.parse::<IpAddr>().is_ok(),
+            "server host {host:?} has a port"
+        );
+        assert_ne!(server.port, 0);
+        // What the agent shows and logs reads back as the same server.
+        assert_eq!(
+            config::parse_server(&server.to_string(), 1).as_ref(),
+            Ok(server),
+            "{server}"
+        );
+    }
     assert!(
         config.listen.ip().is_loopback() || config.proxy_auth.is_some() || config.allow_open_proxy,
         "open proxy on {}",
@@ -440,8 +449,12 @@ pub fn config_yaml(text: &[u8]) {
             if let Ok(before) = &agent {
                 let after = config::load_agent(Some(&file), &AgentLayer::default(), &env)
                     .expect("a config that loaded still loads after --save");
-                assert_eq!(after.server_port, 9443);
-                assert_eq!(before.server_host, after.server_host);
+                assert_eq!(after.servers.len(), before.servers.len());
+                for (before, after) in before.servers.iter().zip(&after.servers) {
+                    assert_eq!(before.host, after.host);
+                    // An entry's own port stays; the others take the saved server_port.
+                    assert!(after.port == before.port || after.port == 9443);
+                }
                 assert_eq!(before.listen, after.listen);
                 assert_eq!(before.proxy_auth, after.proxy_auth);
                 assert_eq!(before.tls, after.tls);

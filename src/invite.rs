@@ -519,8 +519,8 @@ fn sha256_hex(data: &[u8]) -> String {
     })
 }
 
-/// A server address is a non-empty host with an optional port from 1 to 65535.
+/// A server address is what the agent accepts as a `server_ip` entry: a host with an optional port from 1 to
+/// 65535 (`[v6]:port` for IPv6 literals), so the `agent.yaml` that `join` writes always loads.
 pub fn server_valid(server: &str) -> bool {
-    let (host, port) = split_server(server);
-    !host.is_empty() && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0))
+    crate::config::parse_server(server, crate::config::DEFAULT_SERVER_PORT).is_ok()
 }

@@ -10,9 +10,9 @@
 //!   streams as byte streams, the byte splice, and the tunnel's transport (TCP, gathered writes, TLS, HTTP/2
 //!   settings). It knows nothing of metrics, statuses or roles. `rules`: the target rule syntax
 //!   (`deny_targets`, `allow_targets`), which configuration checks and either role can match.
-//! - `invite`: the one-file onboarding format (`certs invite`, `join`) and its checks; `config`: layered
-//!   configuration (defaults, YAML, `FLUIDITY_*` env, flags); `certs`: the private CA and certificates (rcgen);
-//!   `tls`: rustls configurations and TLS material checks.
+//! - `config`: layered configuration (defaults, YAML, `FLUIDITY_*` env, flags); `invite`: the one-file onboarding
+//!   format (`certs invite`, `join`) and its checks, whose server addresses `config` parses; `certs`: the private
+//!   CA and certificates (rcgen); `tls`: rustls configurations and TLS material checks.
 //! - `error`: the one mapping from failures to HTTP statuses; `metrics`: counters, gauges and counted bodies, and
 //!   their rendering; `shutdown`: signals and graceful drain; `expiry`: certificate expiry while a role runs;
 //!   `reload`: reloading the TLS material when its files change; `admin`: `/healthz` and `/metrics`; `shard`:

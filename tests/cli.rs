@@ -669,6 +669,37 @@ fn bad_target_rule_exits_2_with_one_line_naming_the_key_and_its_source() {
 }
 
 #[test]
+fn bad_server_ip_entry_exits_2_with_one_line_naming_the_key_and_its_source() {
+    let tmp = TempDir::new().unwrap();
+    let config = tmp.path().join("agent.yaml");
+    write_file(&config, "server_ip:\n  - a.example\n  - \"b.example:0\"\n");
+    let done = run(fluidity(tmp.path())
+        .args(["agent", "--config"])
+        .arg(&config));
+    assert_exit_code(&done, 2);
+    let message = one_line(&done);
+    assert!(message.contains("server_ip"), "{message}");
+    assert!(message.contains("b.example:0"), "{message}");
+    assert!(message.contains(path_str(&config)), "{message}");
+
+    let done = run(fluidity(tmp.path())
+        .env("FLUIDITY_SERVER_IP", "a.example,2001:db8::1:99999:1")
+        .arg("agent"));
+    assert_exit_code(&done, 2);
+    let message = one_line(&done);
+    assert!(message.contains("server_ip"), "{message}");
+    assert!(message.contains("FLUIDITY_SERVER_IP"), "{message}");
+
+    let done = run(fluidity(tmp.path()).args(["agent", "--server-ip", "a.example,[b.example]:1"]));
+    assert_exit_code(&done, 2);
+    let message = one_line(&done);
+    assert_eq!(
+        message,
+        "fluidity: --server-ip: server_ip: `[b.example]:1`: only IPv6 addresses go in brackets, as [2001:db8::1]:8443"
+    );
+}
+
+#[test]
 fn invalid_log_level_filter_exits_2_with_one_line_naming_log_level() {
     let tmp = TempDir::new().unwrap();
     let config = tmp.path().join("agent.yaml");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// The layers from the bottom up. A module may use modules of its own layer's earlier entries and of lower layers.
 const LAYERS: &[&[&str]] = &[
     &["tunnel", "rules"],
-    &["invite", "certs", "tls", "config"],
+    &["config", "invite", "certs", "tls"],
     &["error", "metrics", "shutdown"],
     &["expiry", "reload", "admin", "shard"],
     &["agent", "server"],

@@ -6,6 +6,7 @@
 //! internals: everything it needs is the wire mapping in `tunnel`.
 
 mod direct;
+mod failover;
 mod keeper;
 mod pac;
 pub(crate) mod proxy;
@@ -121,15 +122,16 @@ impl Agent {
         let metrics = Arc::new(AgentMetrics::new());
         expiry::record(&config.tls.cert_file, &metrics.cert_expiry_seconds, "agent");
         let count = config.tunnels.max(1);
+        let servers: Arc<[_]> = config.servers.clone().into();
         let (keepers, states): (Vec<_>, Vec<_>) = (0..count)
             .map(|index| {
                 let (state, tunnel) = watch::channel(TunnelState::Down);
                 let keeper = Keeper {
                     index,
-                    server_host: config.server_host.clone(),
-                    server_port: config.server_port,
+                    servers: servers.clone(),
                     connect_timeout: config.connect_timeout,
                     keepalive: config.keepalive,
+                    failback_after: failover::FAILBACK_AFTER,
                     tls: tls_config.clone(),
                     state,
                     metrics: metrics.clone(),
@@ -167,6 +169,16 @@ impl Agent {
     #[must_use]
     pub fn poll_files_every(mut self, every: Duration) -> Self {
         self.poll = every;
+        self
+    }
+
+    /// Moves new streams back to an earlier `server_ip` entry once it has answered probes for `after` instead of
+    /// 30 s (tests use a shorter period). Probes run six times per period.
+    #[must_use]
+    pub fn failback_after(mut self, after: Duration) -> Self {
+        for keeper in &mut self.keepers {
+            keeper.failback_after = after;
+        }
         self
     }
 

@@ -26,6 +26,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -170,8 +171,7 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     match admin_path(req) {
         Some(AdminPath::Health) => {
             let up = shared.tunnel.is_up();
-            let word = if up { "up" } else { "down" };
-            health_response(up, format!(r#"{{"status":"{word}","tunnel":"{word}"}}"#))
+            health_response(up, health_json(up, &shared.tunnel.servers()))
         }
         Some(AdminPath::Metrics) => metrics_response(shared.metrics.render()),
         None => text_response(
@@ -179,6 +179,23 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
             "fluidity: this is a proxy; send absolute-form requests (http://host/path) or CONNECT",
         ),
     }
+}
+
+/// The `/healthz` body: `status` and `tunnel` say whether any tunnel is up, and `tunnels` lists each tunnel's
+/// state and the server it is on (`null` while down).
+fn health_json(up: bool, servers: &[Option<SocketAddr>]) -> String {
+    let word = if up { "up" } else { "down" };
+    let tunnels: Vec<String> = servers
+        .iter()
+        .map(|server| match server {
+            Some(server) => format!(r#"{{"state":"up","server":"{server}"}}"#),
+            None => r#"{"state":"down","server":null}"#.to_owned(),
+        })
+        .collect();
+    format!(
+        r#"{{"status":"{word}","tunnel":"{word}","tunnels":[{}]}}"#,
+        tunnels.join(",")
+    )
 }
 
 /// `GET /proxy.pac`: the PAC file for `direct_targets`, naming the address the caller reached the agent at (its
@@ -638,6 +655,20 @@ async fn forward_direct(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_json_lists_each_tunnel_and_its_server() {
+        let first: SocketAddr = "10.0.0.1:8443".parse().unwrap();
+        let second: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        assert_eq!(
+            health_json(true, &[Some(first), None, Some(second)]),
+            r#"{"status":"up","tunnel":"up","tunnels":[{"state":"up","server":"10.0.0.1:8443"},{"state":"down","server":null},{"state":"up","server":"[2001:db8::1]:443"}]}"#
+        );
+        assert_eq!(
+            health_json(false, &[None]),
+            r#"{"status":"down","tunnel":"down","tunnels":[{"state":"down","server":null}]}"#
+        );
+    }
 
     #[test]
     fn proxy_authorization_is_checked() {

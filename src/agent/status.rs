@@ -52,7 +52,8 @@ struct Status {
 #[derive(Debug, Serialize)]
 struct TunnelStatus {
     state: &'static str,
-    server: String,
+    /// The server address the tunnel is on; `null` while it is down.
+    server: Option<String>,
 }
 
 /// Answers `GET /` and `GET /status`; `None` for other paths.
@@ -128,18 +129,13 @@ fn local_host<B>(req: &Request<B>) -> bool {
 fn snapshot(shared: &Shared) -> Status {
     let metrics = &shared.metrics;
     let config = &shared.config;
-    let server = if config.server_host.contains(':') {
-        format!("[{}]:{}", config.server_host, config.server_port)
-    } else {
-        format!("{}:{}", config.server_host, config.server_port)
-    };
     let tunnels = shared
         .tunnel
-        .each_up()
+        .servers()
         .into_iter()
-        .map(|up| TunnelStatus {
-            state: if up { "up" } else { "down" },
-            server: server.clone(),
+        .map(|server| TunnelStatus {
+            state: if server.is_some() { "up" } else { "down" },
+            server: server.map(|server| server.to_string()),
         })
         .collect();
     let (requests, errors) = metrics.request_totals();

@@ -120,10 +120,13 @@ macro_rules! layer {
 layer! {
     /// Agent settings: one partial layer (YAML file, `FLUIDITY_*` environment or flags).
     pub struct AgentLayer in "agent.yaml" {
-        /// Server IP address or host name (required)
-        #[arg(long, value_name = "HOST")]
-        server_ip: String = None,
-        /// Server port
+        /// Server IP address or host name (required); several servers, in order of preference, as a YAML list
+        /// or separated by commas: the first that works is used. Each may name its own port (host:port,
+        /// [v6]:port)
+        #[arg(long, value_name = "HOST[:PORT]", value_delimiter = ',')]
+        #[serde(default, with = "super::servers::one_or_many")]
+        server_ip: Vec<String> = None,
+        /// Server port, for server_ip entries without a port of their own
         #[arg(long, value_name = "PORT")]
         server_port: u16 = Some(DEFAULT_SERVER_PORT),
         /// Port of the local proxy
@@ -347,7 +350,7 @@ mod tests {
             .copied()
             .filter(|key| is_list_key::<AgentLayer>(key))
             .collect();
-        assert_eq!(agent_lists, ["direct_targets"]);
+        assert_eq!(agent_lists, ["server_ip", "direct_targets"]);
     }
 
     /// The help text of `key`'s flag once annotated.
@@ -374,7 +377,12 @@ mod tests {
         ];
         for (key, default) in cases {
             let help = help_of::<AgentLayer>(key);
-            let env = format!("[env: FLUIDITY_{}]", key.to_ascii_uppercase());
+            let list = if is_list_key::<AgentLayer>(key) {
+                ", comma-separated"
+            } else {
+                ""
+            };
+            let env = format!("[env: FLUIDITY_{}{list}]", key.to_ascii_uppercase());
             assert!(help.ends_with(&env), "{key}: {help}");
             match default {
                 Some(value) => assert!(
@@ -482,18 +490,18 @@ mod tests {
             ..AgentLayer::default()
         };
         let env = AgentLayer {
-            server_ip: Some("env.example".into()),
+            server_ip: Some(vec!["env.example".into()]),
             log_level: Some("warn".into()),
             ..AgentLayer::default()
         };
         let file = AgentLayer {
-            server_ip: Some("file.example".into()),
+            server_ip: Some(vec!["file.example".into()]),
             fast_connect: Some(true),
             ..AgentLayer::default()
         };
         let merged = merge(&cli, &env, &file, &AgentLayer::defaults());
         assert_eq!(merged.log_level.as_deref(), Some("debug"));
-        assert_eq!(merged.server_ip.as_deref(), Some("env.example"));
+        assert_eq!(merged.server_ip, Some(vec!["env.example".to_owned()]));
         assert_eq!(merged.fast_connect, Some(true));
         assert_eq!(merged.local_proxy_port, Some(DEFAULT_LOCAL_PROXY_PORT));
         assert_eq!(merged.proxy_auth, None);

@@ -18,6 +18,7 @@
 
 mod layers;
 mod resolve;
+mod servers;
 mod sources;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub(crate) use layers::annotate_help;
 pub use layers::{AgentLayer, ServerLayer};
+pub use servers::{ServerEndpoint, parse_server};
 
 use layers::{Layer, merge};
 use sources::{Provenance, env_layer, read_file_layer, save_layer};
@@ -257,10 +259,9 @@ impl<'de> Deserialize<'de> for ProxyAuth {
 /// Validated agent settings.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Server IP address or host name (no port, no brackets).
-    pub server_host: String,
-    /// Server port.
-    pub server_port: u16,
+    /// The servers in order of preference (at least one): `server_ip`'s entries, each with its port (an entry's
+    /// own, else `server_port`).
+    pub servers: Vec<ServerEndpoint>,
     /// Where the local proxy listens: `listen_addr:local_proxy_port`.
     pub listen: SocketAddr,
     /// Client certificate, key and the CA the server must chain to.
@@ -288,11 +289,11 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Agent settings with every other field at its default (listening on 127.0.0.1:8080), for tests and `up`.
+    /// Agent settings for one server with every other field at its default (listening on 127.0.0.1:8080), for
+    /// tests and `up`.
     pub fn new(server_host: impl Into<String>, server_port: u16, tls: TlsFiles) -> Self {
         Self {
-            server_host: server_host.into(),
-            server_port,
+            servers: vec![ServerEndpoint::new(server_host, server_port)],
             listen: SocketAddr::new(DEFAULT_AGENT_LISTEN_ADDR, DEFAULT_LOCAL_PROXY_PORT),
             tls,
             log: LogSettings::default(),
@@ -658,8 +659,7 @@ mod tests {
             ("UNRELATED", "x"),
         ]);
         let config = load_agent(Some(&file), &cli, &env).expect("valid");
-        assert_eq!(config.server_host, "file.example");
-        assert_eq!(config.server_port, 4444);
+        assert_eq!(config.servers, [ServerEndpoint::new("file.example", 4444)]);
         assert_eq!(config.listen, "127.0.0.1:3333".parse().expect("addr"));
         assert_eq!(config.tls.cert_file, dir.path().join("c.crt"));
         // Defaults sit beside the YAML file, like the paths it names.
@@ -682,8 +682,10 @@ mod tests {
             &env(&[("FLUIDITY_SERVER_IP", "192.0.2.1")]),
         )
         .expect("valid");
-        assert_eq!(config.server_host, "192.0.2.1");
-        assert_eq!(config.server_port, DEFAULT_SERVER_PORT);
+        assert_eq!(
+            config.servers,
+            [ServerEndpoint::new("192.0.2.1", DEFAULT_SERVER_PORT)]
+        );
     }
 
     #[test]
@@ -745,7 +747,7 @@ mod tests {
         let file = dir.path().join("agent.yaml");
         fs::write(&file, "server_ip: old.example\nlog_level: debug\n").expect("write");
         let cli = AgentLayer {
-            server_ip: Some("new.example".into()),
+            server_ip: Some(vec!["new.example".into()]),
             proxy_auth: ProxyAuth::parse("u:p w"),
             fast_connect: Some(true),
             tunnels: Some(3),
@@ -754,7 +756,7 @@ mod tests {
         save_agent(&file, &cli).expect("saved");
         let config =
             load_agent(Some(&file), &AgentLayer::default(), &HashMap::new()).expect("valid");
-        assert_eq!(config.server_host, "new.example");
+        assert_eq!(config.servers, [ServerEndpoint::new("new.example", 8443)]);
         assert_eq!(config.log.level, "debug");
         assert!(config.fast_connect);
         assert_eq!(config.tunnels, 3);
@@ -821,6 +823,116 @@ mod tests {
         assert!(
             text.contains(&cwd.join("mine.crt").display().to_string()),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn several_servers_from_yaml_flag_and_env() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.yaml");
+        fs::write(
+            &file,
+            "server_ip:\n  - a.example\n  - \"192.0.2.1:1\"\n  - \"[2001:db8::1]:2\"\n  - 2001:db8::3\nserver_port: 9443\n",
+        )
+        .expect("write");
+        let config =
+            load_agent(Some(&file), &AgentLayer::default(), &HashMap::new()).expect("list");
+        assert_eq!(
+            config.servers,
+            [
+                ServerEndpoint::new("a.example", 9443),
+                ServerEndpoint::new("192.0.2.1", 1),
+                ServerEndpoint::new("2001:db8::1", 2),
+                ServerEndpoint::new("2001:db8::3", 9443),
+            ]
+        );
+        // A comma-separated variable replaces the file's list; the flag (already split by clap) beats both.
+        let env = env(&[("FLUIDITY_SERVER_IP", "b.example:7, [::1]:8 ,c.example")]);
+        let config = load_agent(Some(&file), &AgentLayer::default(), &env).expect("env");
+        assert_eq!(
+            config.servers,
+            [
+                ServerEndpoint::new("b.example", 7),
+                ServerEndpoint::new("::1", 8),
+                ServerEndpoint::new("c.example", 9443),
+            ]
+        );
+        let cli = AgentLayer {
+            server_ip: Some(vec!["d.example".into(), "e.example:5".into()]),
+            ..AgentLayer::default()
+        };
+        let config = load_agent(Some(&file), &cli, &env).expect("flag");
+        assert_eq!(
+            config.servers,
+            [
+                ServerEndpoint::new("d.example", 9443),
+                ServerEndpoint::new("e.example", 5),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_server_entries_name_the_key_and_source() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.yaml");
+        for (yaml, expected) in [
+            (
+                "server_ip: [a.example, \"b.example:0\"]\n",
+                "server_ip: `b.example:0`: the port must be from 1 to 65535",
+            ),
+            ("server_ip: []\n", "server_ip: must not be empty"),
+            (
+                "server_ip: \"a.example, b.example\"\n",
+                "server_ip: `a.example, b.example`",
+            ),
+            (
+                "server_ip: [a.example, [b]]\n",
+                "server_ip[1]: invalid type: sequence",
+            ),
+            ("server_ip: {a: b}\n", "server_ip: invalid type: map"),
+        ] {
+            fs::write(&file, yaml).expect("write");
+            let err = load_agent(Some(&file), &AgentLayer::default(), &HashMap::new())
+                .expect_err(yaml)
+                .to_string();
+            assert!(err.starts_with(&file.display().to_string()), "{err}");
+            assert!(err.contains(expected), "{yaml}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let env = env(&[("FLUIDITY_SERVER_IP", "a.example,b c")]);
+        let err = load_agent(None, &AgentLayer::default(), &env).expect_err("space");
+        assert_eq!(
+            err.to_string(),
+            "FLUIDITY_SERVER_IP: server_ip: `b c` is not an IP address or host name with an optional :port"
+        );
+    }
+
+    #[test]
+    fn save_writes_one_server_as_a_string_and_several_as_a_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("agent.yaml");
+        let cli = AgentLayer {
+            server_ip: Some(vec!["a.example".into()]),
+            ..AgentLayer::default()
+        };
+        save_agent(&file, &cli).expect("saved");
+        assert_eq!(
+            fs::read_to_string(&file).expect("read"),
+            "server_ip: a.example\n"
+        );
+        let cli = AgentLayer {
+            server_ip: Some(vec!["a.example".into(), "[::1]:2".into()]),
+            ..AgentLayer::default()
+        };
+        save_agent(&file, &cli).expect("saved");
+        let config =
+            load_agent(Some(&file), &AgentLayer::default(), &HashMap::new()).expect("valid");
+        assert_eq!(
+            config.servers,
+            [
+                ServerEndpoint::new("a.example", 8443),
+                ServerEndpoint::new("::1", 2)
+            ]
         );
     }
 

@@ -5,13 +5,14 @@
 //! It runs before anything binds. Every error names the key and the layer its value came from. It does not check
 //! that files exist or parse (that is `tls`, at startup and on reload).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::sources::Provenance;
 use super::{
     AgentConfig, AgentLayer, ConfigError, LogSettings, MAX_HEADER_READ_TIMEOUT_SECS, MAX_TUNNELS,
-    ServerConfig, ServerLayer, TlsFiles, idle_timeout, log_filter, rate_limit_burst,
+    ServerConfig, ServerEndpoint, ServerLayer, TlsFiles, idle_timeout, log_filter, parse_server,
+    rate_limit_burst,
 };
 use crate::rules::Rule;
 
@@ -92,27 +93,28 @@ where
     Ok(value)
 }
 
-/// The server host: an IP address or a host name, without a port. `[v6]` is accepted and unbracketed.
-fn check_server_host(raw: String, provenance: &Provenance) -> Result<String, ConfigError> {
-    let host = raw.trim();
-    let unbracketed = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .filter(|h| h.parse::<IpAddr>().is_ok());
-    let host = unbracketed.unwrap_or(host);
-    if host.is_empty() {
+/// `server_ip`'s entries as servers, each with its own port or `default_port`. At least one; an empty list (`[]`,
+/// or `--server-ip ''`) is refused like an empty entry.
+fn check_servers(
+    entries: Vec<String>,
+    default_port: u16,
+    provenance: &Provenance,
+) -> Result<Vec<ServerEndpoint>, ConfigError> {
+    let none = match entries.as_slice() {
+        [] => true,
+        [only] => only.trim().is_empty(),
+        _ => false,
+    };
+    if none {
         return Err(provenance.invalid("server_ip", "must not be empty"));
     }
-    let bad_char = host
-        .chars()
-        .any(|c| c.is_whitespace() || "/[]@".contains(c));
-    if bad_char || (host.contains(':') && host.parse::<IpAddr>().is_err()) {
-        return Err(provenance.invalid(
-            "server_ip",
-            format!("`{host}` is not an IP address or host name (set the port with server_port)"),
-        ));
-    }
-    Ok(host.to_owned())
+    entries
+        .iter()
+        .map(|entry| {
+            parse_server(entry, default_port)
+                .map_err(|reason| provenance.invalid("server_ip", reason))
+        })
+        .collect()
 }
 
 /// Validates the merged agent layer and converts it.
@@ -144,11 +146,12 @@ pub(crate) fn resolve_agent(
         direct_targets,
     } = merged;
 
-    let server_host = check_server_host(required(server_ip, "server_ip", provenance)?, provenance)?;
+    let server_ip = required(server_ip, "server_ip", provenance)?;
     let server_port = required(server_port, "server_port", provenance)?;
     if server_port == 0 {
         return Err(provenance.invalid("server_port", "must not be 0"));
     }
+    let servers = check_servers(server_ip, server_port, provenance)?;
     let log_level = required(log_level, "log_level", provenance)?;
     check_log_level(&log_level, provenance)?;
     let connect_timeout_secs = required(connect_timeout_secs, "connect_timeout_secs", provenance)?;
@@ -179,8 +182,7 @@ pub(crate) fn resolve_agent(
     }
 
     Ok(AgentConfig {
-        server_host,
-        server_port,
+        servers,
         listen: SocketAddr::new(
             listen_addr,
             required(local_proxy_port, "local_proxy_port", provenance)?,
@@ -353,7 +355,7 @@ mod tests {
 
     fn with_host(layer: AgentLayer) -> AgentLayer {
         AgentLayer {
-            server_ip: Some("example.net".into()),
+            server_ip: Some(vec!["example.net".into()]),
             ..layer
         }
     }
@@ -426,7 +428,7 @@ mod tests {
     #[test]
     fn agent_defaults() {
         let config = agent(with_host(AgentLayer::default())).expect("valid");
-        assert_eq!(config.server_port, 8443);
+        assert_eq!(config.servers, [ServerEndpoint::new("example.net", 8443)]);
         assert_eq!(config.listen, "127.0.0.1:8080".parse().expect("addr"));
         assert_eq!(config.tls.ca_cert_file, Path::new("certs/ca.crt"));
         assert_eq!(config.log.level, "info");
@@ -438,30 +440,57 @@ mod tests {
     }
 
     #[test]
-    fn server_host_forms() {
-        for (given, expected) in [
-            ("example.net", "example.net"),
-            (" 192.0.2.1 ", "192.0.2.1"),
-            ("2001:db8::1", "2001:db8::1"),
-            ("[2001:db8::1]", "2001:db8::1"),
-        ] {
-            let config = agent(AgentLayer {
-                server_ip: Some(given.into()),
+    fn server_forms() {
+        let servers = |entries: &[&str], port: Option<u16>| {
+            agent(AgentLayer {
+                server_ip: Some(entries.iter().map(|e| (*e).to_owned()).collect()),
+                server_port: port,
                 ..AgentLayer::default()
             })
-            .expect(given);
-            assert_eq!(config.server_host, expected);
-        }
-        for bad in ["", "example.net:8443", "https://example.net", "a b"] {
-            let err = agent(AgentLayer {
-                server_ip: Some(bad.into()),
-                ..AgentLayer::default()
-            })
-            .expect_err(bad);
-            assert!(
-                err.to_string().starts_with("agent.yaml: server_ip: "),
-                "{err}"
+            .map(|config| config.servers)
+        };
+        let one = |host: &str, port| ServerEndpoint::new(host, port);
+        let cases: [(&[&str], Option<u16>, Vec<ServerEndpoint>); 6] = [
+            (&["example.net"], None, vec![one("example.net", 8443)]),
+            (&[" 192.0.2.1 "], Some(9443), vec![one("192.0.2.1", 9443)]),
+            (&["2001:db8::1"], None, vec![one("2001:db8::1", 8443)]),
+            (&["[2001:db8::1]"], None, vec![one("2001:db8::1", 8443)]),
+            (&["example.net:1"], Some(2), vec![one("example.net", 1)]),
+            (
+                &["a.example", "192.0.2.1:1", "[2001:db8::1]:2", "::1"],
+                Some(3),
+                vec![
+                    one("a.example", 3),
+                    one("192.0.2.1", 1),
+                    one("2001:db8::1", 2),
+                    one("::1", 3),
+                ],
+            ),
+        ];
+        for (entries, port, expected) in cases {
+            assert_eq!(
+                servers(entries, port).expect("valid"),
+                expected,
+                "{entries:?}"
             );
+        }
+        let bad: [&[&str]; 7] = [
+            &[],
+            &[""],
+            &["a.example", ""],
+            &["example.net:0"],
+            &["a.example", "https://example.net"],
+            &["a b"],
+            &["[example.net]:1"],
+        ];
+        for entries in bad {
+            let err = servers(entries, None).expect_err("refused");
+            let message = err.to_string();
+            assert!(
+                message.starts_with("agent.yaml: server_ip: "),
+                "{entries:?}: {message}"
+            );
+            assert!(!message.contains('\n'), "{message}");
         }
     }
 

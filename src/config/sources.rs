@@ -413,7 +413,7 @@ mod tests {
             ("SERVER_PORT", "1"),
         ]))
         .expect("valid env");
-        assert_eq!(layer.server_ip.as_deref(), Some("10.1.2.3"));
+        assert_eq!(layer.server_ip, Some(vec!["10.1.2.3".to_owned()]));
         assert_eq!(layer.server_port, Some(9443));
         assert_eq!(layer.fast_connect, Some(true));
         assert_eq!(layer.tunnels, Some(2));
@@ -433,7 +433,7 @@ mod tests {
     fn env_numeric_host_name_stays_a_string() {
         let layer: AgentLayer =
             env_layer(&env(&[("FLUIDITY_SERVER_IP", "1234")])).expect("valid env");
-        assert_eq!(layer.server_ip.as_deref(), Some("1234"));
+        assert_eq!(layer.server_ip, Some(vec!["1234".to_owned()]));
     }
 
     #[test]
@@ -601,7 +601,7 @@ mod tests {
             ..AgentLayer::default()
         };
         let file = AgentLayer {
-            server_ip: Some("h".into()),
+            server_ip: Some(vec!["h".into()]),
             ..AgentLayer::default()
         };
         let provenance = Provenance::new(&cli, &env, &file, Some(Path::new("conf/agent.yaml")));
@@ -621,7 +621,7 @@ mod tests {
         )
         .expect("write");
         let layer = AgentLayer {
-            server_ip: Some("new.example".into()),
+            server_ip: Some(vec!["new.example".into()]),
             local_proxy_port: Some(9090),
             ..AgentLayer::default()
         };

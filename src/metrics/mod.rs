@@ -1,7 +1,8 @@
 //! Counters and gauges of both roles, and their Prometheus text rendering.
 //!
 //! Names follow `fluidity_<role>_<what>_<unit>`; label values are bounded (kinds, outcomes, classes), never a host,
-//! URL or address. Each role owns one registry: there is no global state.
+//! URL or address, with one exception: `fluidity_agent_tunnel_server_info` names the server each tunnel is on, a
+//! value from the agent's own configuration (one series per tunnel), never a target. Each role owns one registry: there is no global state.
 
 mod body;
 mod recent;
@@ -49,10 +50,25 @@ pub(crate) struct ClassLabel {
     class: &'static str,
 }
 
+/// Which server a tunnel is on. The server label takes its values from `server_ip` (the addresses it names or
+/// resolves to), and a tunnel has one series at a time, so the set stays as small as the configuration.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TunnelServerLabel {
+    tunnel: String,
+    server: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabel {
     kind: &'static str,
     outcome: &'static str,
+}
+
+fn tunnel_server_label(tunnel: usize, server: std::net::SocketAddr) -> TunnelServerLabel {
+    TunnelServerLabel {
+        tunnel: tunnel.to_string(),
+        server: server.to_string(),
+    }
 }
 
 /// Bytes counted in one direction: `up` is caller → target, `down` target → caller.
@@ -216,6 +232,8 @@ pub(crate) struct AgentMetrics {
     pub(crate) tunnel_up: Gauge,
     pub(crate) tunnel_connects: Counter,
     pub(crate) tunnel_failures: Counter,
+    /// 1 for the server each tunnel that is up is on; no series for a tunnel that is down.
+    tunnel_server: Family<TunnelServerLabel, Gauge>,
     pub(crate) caller_connections: Gauge,
     requests: Family<RequestLabel, Counter>,
     /// `requests` with outcome `ok`, the common case.
@@ -252,6 +270,12 @@ impl AgentMetrics {
             "tunnel_failures",
             "Failed attempts to establish the tunnel",
             tunnel_failures.clone(),
+        );
+        let tunnel_server = Family::<TunnelServerLabel, Gauge>::default();
+        registry.register(
+            "tunnel_server_info",
+            "The server each tunnel that is up is on (value 1; a tunnel that is down has no series)",
+            tunnel_server.clone(),
         );
         let caller_connections = Gauge::default();
         registry.register(
@@ -301,6 +325,7 @@ impl AgentMetrics {
             tunnel_up,
             tunnel_connects,
             tunnel_failures,
+            tunnel_server,
             caller_connections,
             requests_ok: PerKind::new(&requests, |kind| RequestLabel {
                 kind,
@@ -315,6 +340,19 @@ impl AgentMetrics {
             failed_requests: Counter::default(),
             recent: RecentErrors::default(),
         }
+    }
+
+    /// Tunnel `tunnel` is now on `server`.
+    pub(crate) fn tunnel_on(&self, tunnel: usize, server: std::net::SocketAddr) {
+        self.tunnel_server
+            .get_or_create(&tunnel_server_label(tunnel, server))
+            .set(1);
+    }
+
+    /// Tunnel `tunnel` has left `server` (lost, or moved to another server).
+    pub(crate) fn tunnel_off(&self, tunnel: usize, server: std::net::SocketAddr) {
+        self.tunnel_server
+            .remove(&tunnel_server_label(tunnel, server));
     }
 
     /// Counts a finished request; `outcome` is a bounded word such as `ok`, `refused`, `tunnel_down`.
@@ -407,5 +445,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("fluidity_agent_tunnel_up 1"), "{text}");
+        let first = "192.0.2.1:8443".parse().expect("addr");
+        let second = "[2001:db8::1]:8443".parse().expect("addr");
+        metrics.tunnel_on(0, first);
+        metrics.tunnel_on(1, first);
+        metrics.tunnel_off(1, first);
+        metrics.tunnel_on(1, second);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "fluidity_agent_tunnel_server_info{tunnel=\"0\",server=\"192.0.2.1:8443\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fluidity_agent_tunnel_server_info{tunnel=\"1\",server=\"[2001:db8::1]:8443\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("fluidity_agent_tunnel_server_info{tunnel=\"1\",server=\"192.0.2.1"),
+            "{text}"
+        );
     }
 }

@@ -109,7 +109,11 @@ pub fn agent_config(pki: &TestPki, server: SocketAddr) -> AgentConfig {
 }
 
 pub async fn spawn_agent(config: AgentConfig) -> AgentHandle {
-    let agent = Agent::bind(config).await.unwrap();
+    spawn_bound_agent(Agent::bind(config).await.unwrap())
+}
+
+/// Runs an agent already bound (and tuned with its test knobs, such as `failback_after`).
+pub fn spawn_bound_agent(agent: Agent) -> AgentHandle {
     let addr = agent.local_addr();
     let token = CancellationToken::new();
     let task = tokio::spawn(agent.run(token.clone()));
@@ -179,6 +183,20 @@ pub async fn health_status(agent: SocketAddr) -> Option<u16> {
     .await
     .ok()?;
     parse_status(&response)
+}
+
+/// The body of the agent's `/healthz` (empty when it cannot be reached).
+pub async fn health_body(agent: SocketAddr) -> String {
+    let response = raw_request(
+        agent,
+        b"GET /healthz HTTP/1.1\r\nHost: fluidity\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap_or_default();
+    let text = String::from_utf8_lossy(&response);
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 /// The agent's side of a tunnel to `server`, opened by hand: TCP, TLS with `config`, then the HTTP/2 handshake.
