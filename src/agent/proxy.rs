@@ -85,7 +85,8 @@ pub(super) async fn handle(
         match kind {
             StreamKind::Connect => connect(&shared, req).await,
             StreamKind::Websocket => websocket(&shared, req).await,
-            StreamKind::Http => forward(&shared, req).await,
+            // `Socks` streams come from `socks_session`, never from an HTTP request.
+            StreamKind::Http | StreamKind::Socks => forward(&shared, req).await,
         }
     }
     .instrument(span)
@@ -231,10 +232,10 @@ fn open_stream(
         .uri(authority)
         .body(())
         .map_err(|_| ForwardError::BadRequest("CONNECT needs host:port"))?;
-    if kind == StreamKind::Websocket {
+    if matches!(kind, StreamKind::Websocket | StreamKind::Socks) {
         request.headers_mut().insert(
             STREAM_KIND_HEADER,
-            header::HeaderValue::from_static("websocket"),
+            header::HeaderValue::from_static(kind.as_str()),
         );
     }
     sender

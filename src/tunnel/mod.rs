@@ -43,7 +43,8 @@ pub(crate) type Body = BoxBody<Bytes, BoxError>;
 /// `:authority` of the liveness probe. `.invalid` is reserved (RFC 2606) and port 0 is never a target.
 pub(crate) const PROBE_AUTHORITY: &str = "fluidity.invalid:0";
 
-/// Request header the agent sets on a CONNECT stream that carries a WebSocket upgrade (for metrics only).
+/// Request header the agent sets on a CONNECT stream that carries a WebSocket upgrade (`websocket`) or a SOCKS
+/// caller's bytes (`socks`), for metrics only.
 pub(crate) const STREAM_KIND_HEADER: &str = "fluidity-stream";
 
 /// Response header on every error response Fluidity builds (`error::error_response`): the failure's class
