@@ -349,7 +349,7 @@ fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: ConnectStream, 
     shared.drain.tasks.spawn(
         async move {
             match caller.await {
-                Ok(caller) => relay(&task_shared, caller, stream).await,
+                Ok(caller) => relay(&task_shared, TokioIo::new(caller), stream).await,
                 Err(err) => debug!(error = %err, "upgrade failed"),
             }
             drop(guard);
@@ -358,8 +358,12 @@ fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: ConnectStream, 
     );
 }
 
-async fn relay(shared: &Shared, caller: hyper::upgrade::Upgraded, stream: ConnectStream) {
-    let caller = TokioIo::new(caller);
+/// Relays bytes between a caller's connection (upgraded from HTTP/1.1, or after a SOCKS handshake) and the stream
+/// to its target until both sides are done, the idle limit passes, or shutdown cuts it off; counts the bytes.
+pub(super) async fn relay<C>(shared: &Shared, caller: C, stream: ConnectStream)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let (idle, kill) = (shared.config.idle_timeout, &shared.drain.kill);
     let moved = match stream {
         ConnectStream::Tunnel(stream) => splice::relay_tunnel(caller, stream, idle, kill).await,
