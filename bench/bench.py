@@ -40,8 +40,10 @@ SYSTEM_DOC = {
     "fluidity-fc": "fluidity agent -> server, fast_connect: true (CONNECT-based figures only)",
     "fluidity-t2": "fluidity agent -> server, tunnels: 2 (small-request and setup figures only)",
     "stunnel": "stunnel client -> TLS 1.3 mTLS -> stunnel server -> tinyproxy",
-    "ss-aes": "shadowsocks-rust sslocal --protocol http -> ssserver, aes-128-gcm",
-    "ss-2022": "shadowsocks-rust sslocal --protocol http -> ssserver, 2022-blake3-aes-128-gcm",
+    "ss-aes": "shadowsocks-rust sslocal --protocol http (SOCKS5 rows: a second sslocal, --protocol socks) -> ssserver, "
+              "aes-128-gcm",
+    "ss-2022": "shadowsocks-rust sslocal --protocol http (SOCKS5 rows: a second sslocal, --protocol socks) -> "
+               "ssserver, 2022-blake3-aes-128-gcm",
 }
 
 
@@ -395,6 +397,8 @@ class Instance:
         self.procs = []  # all processes (incl. relay)
         self.proxy_pids = []  # the proxy's own processes, whose CPU/RSS/fds are measured
         self.port = None  # the HTTP proxy port callers use; None = direct
+        self.socks_port = None  # the SOCKS5 port callers use; None = no SOCKS5 (or direct)
+        self.socks_pids = []  # the processes measured for the SOCKS5 rows
         self.direct_map = {}  # direct + far: origin port -> relay port
 
     @property
@@ -417,6 +421,8 @@ class System:
         self.ctx = ctx
         self.name = name
         self.connect_only = name == "fluidity-fc"
+        # Speaks SOCKS5 (the SOCKS5 rows); stunnel + tinyproxy does not. `direct` takes part, for the ratios.
+        self.socks = name != "stunnel"
         # Workloads a variant takes part in (None: all).
         self.workloads = {"small", "setup"} if name == "fluidity-t2" else None
         self.seq = 0
@@ -495,6 +501,9 @@ class System:
         inst.proxy_pids = [ag.pid, srv.pid]
         poll(lambda: http_status(f"http://{HOST}:{ap}/healthz") == 200, 30, "fluidity agent /healthz")
         inst.port = ap
+        # SOCKS5 on the same port, told from HTTP by its first byte.
+        inst.socks_port = ap
+        inst.socks_pids = inst.proxy_pids
 
     # --- stunnel + tinyproxy
     def start_stunnel(self, inst, d):
@@ -578,6 +587,15 @@ checkIP = 127.0.0.1
         poll(lambda: tcp_open(lp), 20, "sslocal")
         inst.proxy_pids = [loc.pid, srv.pid]
         inst.port = lp
+        # sslocal serves one protocol per listener: a second one, to the same ssserver, for the SOCKS5 rows. It is
+        # idle during the other rows and not among their measured processes.
+        (slp,) = free_ports(1)
+        sloc = c.procs.start("sslocal-socks", [c.sslocal, "-b", f"{HOST}:{slp}", "--protocol", "socks",
+                                               "-s", f"{HOST}:{port}", "-m", method, "-k", key] + nodelay, d)
+        inst.procs.append(sloc)
+        poll(lambda: tcp_open(slp), 20, "sslocal (socks)")
+        inst.socks_port = slp
+        inst.socks_pids = [sloc.pid, srv.pid]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -626,6 +644,8 @@ def _figure_rows(p):
     rows = [("section", "bulk", "bulk: one transfer of %s" % human_bytes(p["bulk_bytes"]))]
     rows += [("bulk_connect_mbps", "CONNECT (curl -p) MB/s", "%.0f", "up"),
              ("bulk_connect_cpu", "CONNECT proxy CPU-s/GiB", "%.2f", "down"),
+             ("bulk_socks_mbps", "SOCKS5 (curl --socks5-hostname) MB/s", "%.0f", "up"),
+             ("bulk_socks_cpu", "SOCKS5 proxy CPU-s/GiB", "%.2f", "down"),
              ("bulk_get_mbps", "absolute-form GET MB/s", "%.0f", "up"),
              ("bulk_get_cpu", "absolute-form proxy CPU-s/GiB", "%.2f", "down")]
     for kind, title in (("abs", "small GET, absolute-form (wrk, keep-alive)"),
@@ -639,7 +659,9 @@ def _figure_rows(p):
                      (f"small_{kind}_c{c}_mcpu", f"c{c} machine CPU-us/req", "%.1f", "down"),
                      (f"small_{kind}_c{c}_idle", f"c{c} machine idle %", "%.1f", "")]
     rows.append(("section", "setup", f"setup: {p['setup_n']} sequential fresh connections, CONNECT + GET 1 KiB"))
-    rows += [("setup_p50", "p50 ms", "%.3f", "down"), ("setup_p99", "p99 ms", "%.3f", "down")]
+    rows += [("setup_p50", "p50 ms", "%.3f", "down"), ("setup_p99", "p99 ms", "%.3f", "down"),
+             ("setup_socks_p50", "SOCKS5 instead of CONNECT, p50 ms", "%.3f", "down"),
+             ("setup_socks_p99", "SOCKS5 instead of CONNECT, p99 ms", "%.3f", "down")]
     rows.append(("section", "ws", f"WebSocket echo, {p['ws_n']} x 64 B round trips"))
     rows += [("ws_connect_p50", "via CONNECT p50 us", "%.0f", "down"),
              ("ws_connect_p99", "via CONNECT p99 us", "%.0f", "down"),
@@ -796,10 +818,11 @@ class Bench:
             else:
                 self.res.add(s, k, v, rep, stolen_pct=stolen, runs=len(seen))
 
-    def systems_for(self, connect_based, workload):
+    def systems_for(self, connect_based, workload, socks=False):
         def takes_part(sysobj):
             return ((connect_based or not sysobj.connect_only)
-                    and (sysobj.workloads is None or workload in sysobj.workloads))
+                    and (sysobj.workloads is None or workload in sysobj.workloads)
+                    and (sysobj.socks or not socks))
         return [s for s in self.ctx.systems if takes_part(self.sysobj[s])]
 
     # -- 1. bulk
@@ -810,14 +833,18 @@ class Bench:
                 "-w", "%{http_code} %{size_download} %{time_starttransfer} %{time_total}"]
         if nbytes != self.p["bulk_bytes"]:
             argv += ["-r", f"0-{nbytes - 1}"]
-        if inst.port is not None:
+        pids = inst.proxy_pids
+        if mode == "socks" and inst.socks_port is not None:
+            argv += ["--socks5-hostname", f"{HOST}:{inst.socks_port}"]
+            pids = inst.socks_pids
+        elif inst.port is not None:
             argv += (["-p"] if mode == "connect" else []) + ["-x", f"http://{HOST}:{inst.port}"]
         elif far:
             port = inst.direct_map[o.http]
         argv.append(f"http://{HOST}:{port}/big")
-        c0 = cpu_seconds(inst.proxy_pids)
+        c0 = cpu_seconds(pids)
         r = run(argv, timeout=self.p["curl_max_time"] + 10)
-        c1 = cpu_seconds(inst.proxy_pids)
+        c1 = cpu_seconds(pids)
         try:
             code, size, t_first, t_total = r.stdout.split()
         except ValueError:
@@ -828,13 +855,13 @@ class Bench:
         # the transfer phase: from the first response byte to the last (connection and request set-up, which
         # the setup and page-load figures measure, are left out; on loopback they are < 1 ms anyway)
         mbps = size / max(1e-6, t_total - t_first) / 1e6
-        cpu = (c1 - c0) / (size / GIB) if inst.proxy_pids else None
+        cpu = (c1 - c0) / (size / GIB) if pids else None
         return mbps, cpu
 
     def w_bulk(self):
-        for mode in ("connect", "get"):
+        for mode in ("connect", "socks", "get"):
             for rep in range(self.p["reps"]):
-                for s in self.systems_for(mode == "connect", "bulk"):
+                for s in self.systems_for(mode != "get", "bulk", socks=mode == "socks"):
                     log(f"bulk {mode} rep {rep + 1}: {s}")
 
                     def fn(inst, mode=mode):
@@ -934,20 +961,26 @@ class Bench:
     # -- 3. setup
     def w_setup(self):
         o = self.ctx.origins
-        for rep in range(self.p["reps"]):
-            for s in self.systems_for(True, "setup"):
-                log(f"setup rep {rep + 1}: {s}")
+        for socks in (False, True):
+            pre = "setup_socks_" if socks else "setup_"
+            for rep in range(self.p["reps"]):
+                for s in self.systems_for(True, "setup", socks=socks):
+                    log(f"setup{' socks' if socks else ''} rep {rep + 1}: {s}")
 
-                def fn(inst):
-                    r = run([sys.executable, os.path.join(LIB, "setup_lat.py"), "--proxy", inst.proxy_arg(),
-                             "--port", str(o.http), "--n", str(self.p["setup_n"]), "--deadline", "60"],
-                            timeout=90)
-                    j = json.loads(r.stdout)
-                    if not j["ok"]:
-                        raise RuntimeError(f"{j['errors']} of {self.p['setup_n']} failed: {j['first_error']}")
-                    return {"setup_p50": j["p50_ms"], "setup_p99": j["p99_ms"]}
+                    def fn(inst, socks=socks, pre=pre):
+                        if socks and inst.socks_port is not None:
+                            proxy = ["--proxy", f"{HOST}:{inst.socks_port}", "--socks"]
+                        else:
+                            proxy = ["--proxy", inst.proxy_arg()]
+                        r = run([sys.executable, os.path.join(LIB, "setup_lat.py")] + proxy +
+                                ["--port", str(o.http), "--n", str(self.p["setup_n"]), "--deadline", "60"],
+                                timeout=90)
+                        j = json.loads(r.stdout)
+                        if not j["ok"]:
+                            raise RuntimeError(f"{j['errors']} of {self.p['setup_n']} failed: {j['first_error']}")
+                        return {pre + "p50": j["p50_ms"], pre + "p99": j["p99_ms"]}
 
-                self.measure(s, ["setup_p50", "setup_p99"], fn, rep)
+                    self.measure(s, [pre + "p50", pre + "p99"], fn, rep)
 
     # -- 4. WebSocket
     def w_ws(self):

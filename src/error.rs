@@ -1,7 +1,9 @@
 //! The one place where a failure to relay becomes an HTTP status.
 //!
 //! Both roles describe what went wrong with [`ForwardError`]; [`status_for`] picks the status and [`error_response`]
-//! builds the short plain-text answer. Classification walks `source()` and `io::ErrorKind`, never message text.
+//! builds the short plain-text answer, with the failure's class in a `fluidity-error` header (statuses are for
+//! HTTP callers; the class is for the agent, which tells SOCKS callers refused from unreachable). Classification
+//! walks `source()` and `io::ErrorKind`, never message text.
 
 use http::{Response, StatusCode, header};
 use std::error::Error as StdError;
@@ -9,7 +11,7 @@ use std::io;
 use std::time::Duration;
 
 pub(crate) use crate::tunnel::BoxError;
-use crate::tunnel::{Body, text_response};
+use crate::tunnel::{Body, ERROR_REASON_HEADER, text_response};
 
 /// Why a request or stream could not be relayed.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,31 @@ impl ForwardError {
             Self::Upstream(_) => "upstream",
         }
     }
+
+    /// [`class`](Self::class), except that an unreachable network (`ENETUNREACH`) is `network_unreachable`: the
+    /// word an error response carries in its `fluidity-error` header.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Self::Unreachable(err)
+                if io_kind(&**err) == Some(io::ErrorKind::NetworkUnreachable) =>
+            {
+                "network_unreachable"
+            }
+            _ => self.class(),
+        }
+    }
+}
+
+/// The kind of the first `io::Error` in `err`'s source chain.
+fn io_kind(err: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(io_err) = e.downcast_ref::<io::Error>() {
+            return Some(io_err.kind());
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// The HTTP status for a failure: 502 when the target or tunnel could not be reached, 504 for timeouts.
@@ -86,9 +113,14 @@ pub(crate) fn status_for(err: &ForwardError) -> StatusCode {
     }
 }
 
-/// The response for a failure: its status and a one-line reason; `Retry-After` on 429.
+/// The response for a failure: its status, a one-line reason, and the class in `fluidity-error`
+/// ([`ForwardError::reason`]); `Retry-After` on 429.
 pub(crate) fn error_response(err: &ForwardError) -> Response<Body> {
     let mut response = text_response(status_for(err), format!("fluidity: {err}"));
+    response.headers_mut().insert(
+        ERROR_REASON_HEADER,
+        header::HeaderValue::from_static(err.reason()),
+    );
     if let ForwardError::RateLimited { retry_after_secs } = err {
         response.headers_mut().insert(
             header::RETRY_AFTER,
@@ -204,6 +236,44 @@ mod tests {
             classify_target_error(&other),
             ForwardError::Upstream(_)
         ));
+    }
+
+    #[test]
+    fn error_responses_name_the_reason() {
+        let io = |kind| io::Error::new(kind, "x");
+        let cases: Vec<(ForwardError, &str)> = vec![
+            (
+                ForwardError::Refused(io(io::ErrorKind::ConnectionRefused)),
+                "refused",
+            ),
+            (
+                ForwardError::Unreachable(Box::new(io(io::ErrorKind::HostUnreachable))),
+                "unreachable",
+            ),
+            (
+                ForwardError::Unreachable(Box::new(io(io::ErrorKind::NetworkUnreachable))),
+                "network_unreachable",
+            ),
+            (ForwardError::Unreachable("x".into()), "unreachable"),
+            (ForwardError::Dns(io(io::ErrorKind::Other)), "dns"),
+            (
+                ForwardError::ConnectTimeout(Duration::from_secs(1)),
+                "connect_timeout",
+            ),
+            (
+                ForwardError::Forbidden("private address".into()),
+                "forbidden",
+            ),
+            (ForwardError::TunnelDown, "tunnel_down"),
+        ];
+        for (err, reason) in cases {
+            let response = error_response(&err);
+            assert_eq!(response.headers()[ERROR_REASON_HEADER], reason, "{err:?}");
+        }
+        // The network case is found through a wrapper too, as the server's dialer reports it.
+        let wrapped = classify_target_error(&io(io::ErrorKind::NetworkUnreachable));
+        assert_eq!(wrapped.reason(), "network_unreachable");
+        assert_eq!(wrapped.class(), "unreachable");
     }
 
     #[test]

@@ -2,14 +2,15 @@
 //! API.
 //!
 //! Each property function feeds an input to one of the parsers Fluidity wrote itself (authorities, header rules,
-//! destination rules, the configuration layers, `Proxy-Authorization`, certificate names) and asserts the
-//! properties the rest of the code relies on. Any panic, in the parser or in an assertion here, is a finding.
+//! destination rules, the configuration layers, `Proxy-Authorization`, certificate names, the SOCKS handshake) and
+//! asserts the properties the rest of the code relies on. Any panic, in the parser or in an assertion here, is a
+//! finding.
 //!
 //! [`TARGETS`] names every fuzz target with its entry point, which reads the fuzzer's raw bytes in a small text
-//! format (one per target, documented on each `*_input` function) and calls the property function. Text keeps the
-//! committed seeds in `fuzz/seeds/TARGET/` readable, and lets the unit test here run every target's property over
-//! its seeds under a plain `cargo test`, so neither the properties nor the entry points can rot unseen. See
-//! `fuzz/README.md` for how to fuzz.
+//! format (one per target, documented on each `*_input` function; `socks` takes the caller's binary bytes, as the
+//! protocol is binary) and calls the property function. Text keeps the committed seeds in `fuzz/seeds/TARGET/`
+//! readable, and lets the unit test here run every target's property over its seeds under a plain `cargo test`,
+//! so neither the properties nor the entry points can rot unseen. See `fuzz/README.md` for how to fuzz.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -331,6 +332,103 @@ pub fn proxy_auth(credential: &str, header_value: &[u8]) {
     }
 }
 
+/// The SOCKS handshake (`agent::socks::Handshake`) over `caller`'s bytes, as `socks_session` runs it: with
+/// `proxy_auth` set to `alice:s3cret` when `auth`, else without. The bytes arrive all at once and then one at a
+/// time, and both runs must take the same steps: the machine reads messages, not reads.
+pub fn socks(auth: bool, caller: &[u8]) {
+    use crate::agent::socks::{Handshake, MAX_MESSAGE_BYTES, Step, Version};
+
+    let credential = ProxyAuth::new("alice", "s3cret");
+    let auth = auth.then_some(&credential);
+    // The steps taken, each with the bytes of the message it consumed.
+    let run = |chunk: usize| {
+        let mut machine = Handshake::new(auth);
+        let mut steps: Vec<(Step, Vec<u8>)> = Vec::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut rest = caller;
+        loop {
+            match machine.step(&buf) {
+                Step::More => {
+                    assert!(
+                        buf.len() < MAX_MESSAGE_BYTES,
+                        "more wanted with {} bytes waiting",
+                        buf.len()
+                    );
+                    if rest.is_empty() {
+                        return steps;
+                    }
+                    let room = MAX_MESSAGE_BYTES - buf.len();
+                    let (now, later) = rest.split_at(chunk.min(rest.len()).min(room));
+                    buf.extend_from_slice(now);
+                    rest = later;
+                }
+                step @ Step::Answer { consumed, .. } => {
+                    assert!((1..=buf.len()).contains(&consumed), "{step:?} of {buf:?}");
+                    let message = buf.drain(..consumed).collect();
+                    steps.push((step, message));
+                }
+                step @ Step::Connect { consumed, .. } => {
+                    assert!((1..=buf.len()).contains(&consumed), "{step:?} of {buf:?}");
+                    let message = buf[..consumed].to_vec();
+                    steps.push((step, message));
+                    return steps;
+                }
+                step @ Step::Close { .. } => {
+                    steps.push((step, Vec::new()));
+                    return steps;
+                }
+            }
+        }
+    };
+    let steps = run(usize::MAX);
+    assert_eq!(run(1), steps, "steps depend on how the bytes arrived");
+
+    let mut authenticated = false;
+    for (step, message) in &steps {
+        match step {
+            Step::More => unreachable!("not recorded"),
+            Step::Answer { answer, .. } => match answer.as_bytes() {
+                [5, 0] => assert!(auth.is_none(), "no authentication offered with proxy_auth"),
+                [5, 2] => assert!(auth.is_some(), "authentication asked without proxy_auth"),
+                [1, 0] => {
+                    assert_eq!(
+                        message, b"\x01\x05alice\x06s3cret",
+                        "accepted a wrong credential"
+                    );
+                    authenticated = true;
+                }
+                other => panic!("unexpected answer {other:02x?}"),
+            },
+            Step::Close { answer: None } => {}
+            Step::Close {
+                answer: Some(answer),
+            } => match answer.as_bytes() {
+                [5, 0xff] | [1, 1] | [0, 0x5b, 0, 0, 0, 0, 0, 0] => {}
+                [5, code, 0, 1, 0, 0, 0, 0, 0, 0] => {
+                    assert!((1..=8).contains(code), "refusal with code {code}");
+                }
+                other => panic!("unexpected refusal {other:02x?}"),
+            },
+            Step::Connect {
+                version, target, ..
+            } => {
+                if auth.is_some() {
+                    assert_eq!(*version, Version::Socks5, "SOCKS4 served with proxy_auth");
+                    assert!(authenticated, "a stream without authentication");
+                }
+                assert!(!target.host.is_empty() && target.port != 0, "{target:?}");
+                assert_eq!(target.host, target.host.to_ascii_lowercase());
+                // The agent sends the target to the server as a CONNECT authority, which the server parses.
+                assert_eq!(
+                    parse_target(&target.to_string(), None).as_ref(),
+                    Ok(target),
+                    "{target:?} does not survive the trip to the server"
+                );
+            }
+        }
+    }
+}
+
 /// A scratch folder for this process (one per fuzzing job), for the config file the loaders read.
 fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -584,7 +682,7 @@ pub fn invite(data: &[u8]) {
 pub type FuzzTarget = (&'static str, fn(&[u8]));
 
 /// Every fuzz target.
-pub const TARGETS: [FuzzTarget; 9] = [
+pub const TARGETS: [FuzzTarget; 10] = [
     ("authority", authority_input),
     ("headers", headers_input),
     ("rule", rule_input),
@@ -594,6 +692,7 @@ pub const TARGETS: [FuzzTarget; 9] = [
     ("config_env", config_env_input),
     ("cert_names", cert_names_input),
     ("invite", invite_input),
+    ("socks", socks_input),
 ];
 
 /// [`authority`] on the input as text (input that is not UTF-8 is skipped: requests reach the parser as text).
@@ -695,6 +794,14 @@ pub fn cert_names_input(data: &[u8]) {
 /// [`invite`] on the bytes of an invite file.
 pub fn invite_input(data: &[u8]) {
     invite(data);
+}
+
+/// [`socks`] on the caller's bytes as sent (binary, as SOCKS is); a first line `auth` sets `proxy_auth`.
+pub fn socks_input(data: &[u8]) {
+    match data.strip_prefix(b"auth\n") {
+        Some(caller) => socks(true, caller),
+        None => socks(false, data),
+    }
 }
 
 /// The lines of `data`, split at `\n`, each without a trailing `\r`; an empty last line is no line.

@@ -53,12 +53,46 @@ def header(head_text, name):
     return None
 
 
-def open_tunnel(proxy, port, timeout):
-    """A socket connected to 127.0.0.1:port, through `proxy` with CONNECT (or directly when proxy is None).
-    Returns (sock, leftover bytes already read past the proxy's response head)."""
+def recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ProxyError(f"connection closed after {len(data)} of {n} bytes" + (f" ({data!r})" if data else ""))
+        data += chunk
+    return data
+
+
+def open_socks5(sock, port):
+    """SOCKS5 (RFC 1928) on `sock`: the "no authentication" greeting, then CONNECT to 127.0.0.1:port, waiting for
+    each answer as a client does."""
+    sock.sendall(b"\x05\x01\x00")
+    if recv_exact(sock, 2) != b"\x05\x00":
+        raise ProxyError("SOCKS5: no authentication refused")
+    sock.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(HOST) + port.to_bytes(2, "big"))
+    reply = recv_exact(sock, 4)
+    if reply[1] != 0:
+        raise ProxyError(f"SOCKS5 CONNECT answered {reply[1]}")
+    # the bound address: IPv4, a name or IPv6, then the port
+    rest = {1: 4, 4: 16}.get(reply[3])
+    if rest is None:
+        rest = recv_exact(sock, 1)[0]
+    recv_exact(sock, rest + 2)
+
+
+def open_tunnel(proxy, port, timeout, socks=False):
+    """A socket connected to 127.0.0.1:port, through `proxy` with CONNECT, or SOCKS5 when `socks` (or directly
+    when proxy is None). Returns (sock, leftover bytes already read past the proxy's response head)."""
     if proxy is None:
         return connect((HOST, port), timeout), b""
     sock = connect(proxy, timeout)
+    if socks:
+        try:
+            open_socks5(sock, port)
+            return sock, b""
+        except BaseException:
+            sock.close()
+            raise
     try:
         sock.sendall(f"CONNECT {HOST}:{port} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode())
         status, text, rest = read_head(sock)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Setup latency: N sequential fresh client connections, each a CONNECT to the origin plus one small GET
-(plain HTTP inside the tunnel, Connection: close), timed from connect() to the last body byte.
-With --proxy none the same GET goes straight to the origin.
+"""Setup latency: N sequential fresh client connections, each a CONNECT (with --socks: a SOCKS5 CONNECT) to the
+origin plus one small GET (plain HTTP inside the tunnel, Connection: close), timed from connect() to the last body
+byte. With --proxy none the same GET goes straight to the origin.
 
 Prints one JSON object: {"ok", "n", "errors", "p50_ms", "p99_ms", "samples_ms"...}.
 """
@@ -25,6 +25,7 @@ def pct(sorted_vals, p):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--proxy", default="none")
+    ap.add_argument("--socks", action="store_true", help="SOCKS5 instead of HTTP CONNECT")
     ap.add_argument("--port", type=int, required=True, help="origin HTTP port")
     ap.add_argument("--path", default="/1k")
     ap.add_argument("--n", type=int, default=200)
@@ -42,7 +43,7 @@ def main():
             break
         t0 = time.perf_counter()
         try:
-            sock, rest = open_tunnel(proxy, args.port, args.timeout)
+            sock, rest = open_tunnel(proxy, args.port, args.timeout, socks=args.socks)
             try:
                 sock.sendall(req)
                 status, text, rest = read_head(sock, rest)

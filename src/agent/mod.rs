@@ -10,6 +10,8 @@ mod failover;
 mod keeper;
 mod pac;
 pub(crate) mod proxy;
+pub(crate) mod socks;
+mod socks_session;
 mod status;
 mod window;
 
@@ -304,10 +306,44 @@ impl Agent {
 /// 431 to a head over [`MAX_HEADER_BYTES`] that does.
 const CALLER_BUFFER_BYTES: usize = 4 * MAX_HEADER_BYTES;
 
-/// One caller connection: HTTP/1.1 with keep-alive and upgrades, until the caller leaves or shutdown.
+/// One caller connection, HTTP/1.1 or SOCKS, until the caller leaves or shutdown.
 async fn serve_caller(shared: Arc<Shared>, tcp: TcpStream) {
     let _ = tcp.set_nodelay(true);
     shared.metrics.caller_connections.inc();
+    match first_byte(&shared, &tcp).await {
+        Some(socks::VERSION_5 | socks::VERSION_4) => socks_session::serve(&shared, tcp).await,
+        Some(_) => serve_http(&shared, tcp).await,
+        None => {}
+    }
+    shared.metrics.caller_connections.dec();
+}
+
+/// The caller's first byte, looked at and left in the socket for whoever reads the connection: `0x05` and `0x04`
+/// are SOCKS versions, and no HTTP request starts with either (a method is a token of visible characters). One
+/// `recv(MSG_PEEK)` per connection, nothing per request. `None` when the caller closes, sends nothing within
+/// `header_read_timeout`, or shutdown starts first.
+async fn first_byte(shared: &Shared, tcp: &TcpStream) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    let peek = tokio::time::timeout(shared.config.header_read_timeout, tcp.peek(&mut byte));
+    tokio::select! {
+        peeked = peek => match peeked {
+            Ok(Ok(1)) => Some(byte[0]),
+            Ok(Ok(_)) => None,
+            Ok(Err(err)) => {
+                debug!(error = %err, "caller connection ended");
+                None
+            }
+            Err(_) => {
+                debug!("caller sent nothing in time");
+                None
+            }
+        },
+        () = shared.drain.graceful.cancelled() => None,
+    }
+}
+
+/// HTTP/1.1 with keep-alive and upgrades on a caller connection, until the caller leaves or shutdown.
+async fn serve_http(shared: &Arc<Shared>, tcp: TcpStream) {
     let service_shared = shared.clone();
     let service = service_fn(move |req| proxy::handle(service_shared.clone(), req));
     let conn = http1::Builder::new()
@@ -328,7 +364,6 @@ async fn serve_caller(shared: Arc<Shared>, tcp: TcpStream) {
             }
         }
     };
-    shared.metrics.caller_connections.dec();
     if let Err(err) = result {
         debug!(error = %err, "caller connection ended");
     }

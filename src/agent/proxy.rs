@@ -89,19 +89,16 @@ pub(super) async fn handle(
         match kind {
             StreamKind::Connect => connect(&shared, req).await,
             StreamKind::Websocket => websocket(&shared, req).await,
-            StreamKind::Http => forward(&shared, req).await,
+            // `Socks` streams come from `socks_session`, never from an HTTP request.
+            StreamKind::Http | StreamKind::Socks => forward(&shared, req).await,
         }
     }
     .instrument(span)
     .await;
     Ok(match result {
         Ok(response) => {
+            status::record_answer(&shared, kind, target_text(authority.as_ref()), &response);
             let outcome = if response.status().is_server_error() {
-                shared.metrics.recent.push(
-                    kind.as_str(),
-                    target_text(authority.as_ref()),
-                    format!("{} from the server", response.status()),
-                );
                 "error"
             } else {
                 "ok"
@@ -112,11 +109,7 @@ pub(super) async fn handle(
         Err(err) => {
             shared.metrics.request(kind, err.class());
             debug!(error = %err, class = err.class(), "request failed");
-            shared.metrics.recent.push(
-                kind.as_str(),
-                target_text(authority.as_ref()),
-                err.to_string(),
-            );
+            status::record_error(&shared, kind, target_text(authority.as_ref()), &err);
             error_response(&err)
         }
     })
@@ -245,13 +238,11 @@ pub(super) fn basic_matches(auth: &ProxyAuth, value: Option<&header::HeaderValue
     else {
         return false;
     };
-    let expected = format!("{}:{}", auth.user(), auth.password());
-    constant_time_eq(&credential, expected.as_bytes())
-}
-
-/// Compares without an early exit, so response timing does not reveal how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    // The user holds no ':' (`ProxyAuth::parse`), so the first one ends it.
+    let Some(colon) = credential.iter().position(|b| *b == b':') else {
+        return false;
+    };
+    auth.matches(&credential[..colon], &credential[colon + 1..])
 }
 
 /// The tunnel's request handle, once it can take a new stream (waits while the server's stream limit is reached).
@@ -275,10 +266,10 @@ fn open_stream(
         .uri(authority)
         .body(())
         .map_err(|_| ForwardError::BadRequest("CONNECT needs host:port"))?;
-    if kind == StreamKind::Websocket {
+    if matches!(kind, StreamKind::Websocket | StreamKind::Socks) {
         request.headers_mut().insert(
             STREAM_KIND_HEADER,
-            header::HeaderValue::from_static("websocket"),
+            header::HeaderValue::from_static(kind.as_str()),
         );
     }
     sender
@@ -392,7 +383,7 @@ fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: ConnectStream, 
     shared.drain.tasks.spawn(
         async move {
             match caller.await {
-                Ok(caller) => relay(&task_shared, caller, stream).await,
+                Ok(caller) => relay(&task_shared, TokioIo::new(caller), stream).await,
                 Err(err) => debug!(error = %err, "upgrade failed"),
             }
             drop(guard);
@@ -401,8 +392,12 @@ fn spawn_splice(shared: &Arc<Shared>, caller: OnUpgrade, stream: ConnectStream, 
     );
 }
 
-async fn relay(shared: &Shared, caller: hyper::upgrade::Upgraded, stream: ConnectStream) {
-    let caller = TokioIo::new(caller);
+/// Relays bytes between a caller's connection (upgraded from HTTP/1.1, or after a SOCKS handshake) and the stream
+/// to its target until both sides are done, the idle limit passes, or shutdown cuts it off; counts the bytes.
+pub(super) async fn relay<C>(shared: &Shared, caller: C, stream: ConnectStream)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let (idle, kill) = (shared.config.idle_timeout, &shared.drain.kill);
     let moved = match stream {
         ConnectStream::Tunnel(stream) => splice::relay_tunnel(caller, stream, idle, kill).await,

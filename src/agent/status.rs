@@ -14,8 +14,9 @@ use std::net::IpAddr;
 
 use super::Shared;
 use super::proxy::basic_matches;
+use crate::error::ForwardError;
 use crate::metrics::{RecentError, StreamKind};
-use crate::tunnel::{Body, text_response};
+use crate::tunnel::{Body, ERROR_REASON_HEADER, text_response};
 
 /// The page: one file, its script and style inline.
 const PAGE: &str = include_str!("status.html");
@@ -54,6 +55,53 @@ struct TunnelStatus {
     state: &'static str,
     /// The server address the tunnel is on; `null` while it is down.
     server: Option<String>,
+}
+
+/// Keeps a failure the agent itself met on the way to `target` for the page.
+pub(super) fn record_error(shared: &Shared, kind: StreamKind, target: String, err: &ForwardError) {
+    shared
+        .metrics
+        .recent
+        .push(kind.as_str(), target, err.to_string());
+}
+
+/// Keeps an answer that is a failure for the page: the server's refusals (they carry the failure's class in
+/// `fluidity-error`) and a target's own 5xx. Other answers are not failures.
+pub(super) fn record_answer<B>(
+    shared: &Shared,
+    kind: StreamKind,
+    target: String,
+    answer: &Response<B>,
+) {
+    let status = answer.status();
+    let class = answer
+        .headers()
+        .get(ERROR_REASON_HEADER)
+        .and_then(|value| value.to_str().ok());
+    let reason = match class {
+        Some(class) => format!("{status} from the server: {}", class_text(class)),
+        None if status.is_server_error() => format!("{status} from the target"),
+        None => return,
+    };
+    shared.metrics.recent.push(kind.as_str(), target, reason);
+}
+
+/// What a `fluidity-error` class means, in the words of the server's own error bodies.
+fn class_text(class: &str) -> &str {
+    match class {
+        "refused" => "target refused the connection",
+        "unreachable" => "cannot reach target",
+        "network_unreachable" => "network unreachable",
+        "dns" => "cannot resolve target",
+        "connect_timeout" => "connect timed out",
+        "response_timeout" => "target sent no response in time",
+        "forbidden" => "refused by the server's destination policy",
+        "rate_limited" => "rate limit exceeded",
+        "tunnel_down" | "tunnel" => "tunnel error",
+        "upstream" => "bad response from target",
+        "bad_request" => "bad request",
+        other => other,
+    }
 }
 
 /// Answers `GET /` and `GET /status`; `None` for other paths.

@@ -206,6 +206,19 @@ impl ProxyAuth {
     pub fn password(&self) -> &str {
         &self.password
     }
+
+    /// True when `user` and `password` are this credential. Both are compared whole, without an early exit, so
+    /// the answer's timing does not reveal how much of a guess was right.
+    pub(crate) fn matches(&self, user: &[u8], password: &[u8]) -> bool {
+        let user_ok = constant_time_eq(user, self.user.as_bytes());
+        let password_ok = constant_time_eq(password, self.password.as_bytes());
+        user_ok & password_ok
+    }
+}
+
+/// Compares without an early exit over the bytes (the lengths are not secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl fmt::Debug for ProxyAuth {

@@ -20,17 +20,20 @@ pub(crate) enum StreamKind {
     Http,
     Connect,
     Websocket,
+    /// A SOCKS5 or SOCKS4 CONNECT on the agent's proxy port (a CONNECT stream on the tunnel, like `Connect`).
+    Socks,
 }
 
 impl StreamKind {
     /// Every kind, in the order of their discriminants (`kind as usize` indexes this).
-    pub(crate) const ALL: [Self; 3] = [Self::Http, Self::Connect, Self::Websocket];
+    pub(crate) const ALL: [Self; 4] = [Self::Http, Self::Connect, Self::Websocket, Self::Socks];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Http => "http",
             Self::Connect => "connect",
             Self::Websocket => "websocket",
+            Self::Socks => "socks",
         }
     }
 }
@@ -99,7 +102,7 @@ fn byte_counters(family: &Family<DirectionLabel, Counter>) -> ByteCounters {
 
 /// One metric of a family per [`StreamKind`], looked up once: a stream then costs no label hashing or lock.
 #[derive(Debug)]
-struct PerKind<M>([M; 3]);
+struct PerKind<M>([M; StreamKind::ALL.len()]);
 
 impl<M: Clone> PerKind<M> {
     fn new<L: Clone + std::hash::Hash + Eq>(
@@ -299,7 +302,7 @@ impl AgentMetrics {
         let streams_open = Family::<KindLabel, Gauge>::default();
         registry.register(
             "streams_open",
-            "CONNECT and WebSocket streams currently relaying",
+            "CONNECT, WebSocket and SOCKS streams currently relaying",
             streams_open.clone(),
         );
         let bytes_family = Family::<DirectionLabel, Counter>::default();

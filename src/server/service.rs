@@ -119,6 +119,7 @@ async fn connect(
     tracing::Span::current().record("target", field::display(&target));
     let kind = match req.headers().get(STREAM_KIND_HEADER) {
         Some(value) if value == "websocket" => StreamKind::Websocket,
+        Some(value) if value == "socks" => StreamKind::Socks,
         _ => StreamKind::Connect,
     };
     let socket = shared

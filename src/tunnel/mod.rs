@@ -43,8 +43,14 @@ pub(crate) type Body = BoxBody<Bytes, BoxError>;
 /// `:authority` of the liveness probe. `.invalid` is reserved (RFC 2606) and port 0 is never a target.
 pub(crate) const PROBE_AUTHORITY: &str = "fluidity.invalid:0";
 
-/// Request header the agent sets on a CONNECT stream that carries a WebSocket upgrade (for metrics only).
+/// Request header the agent sets on a CONNECT stream that carries a WebSocket upgrade (`websocket`) or a SOCKS
+/// caller's bytes (`socks`), for metrics only.
 pub(crate) const STREAM_KIND_HEADER: &str = "fluidity-stream";
+
+/// Response header on every error response Fluidity builds (`error::error_response`): the failure's class
+/// (`ForwardError::reason`), so that the agent can tell a SOCKS caller why a stream failed where the status alone
+/// (502 for refused, unreachable and DNS alike) does not say.
+pub(crate) const ERROR_REASON_HEADER: &str = "fluidity-error";
 
 /// Bytes per direction a spliced stream copies at once: large enough that bulk transfers are not bound by syscalls.
 /// A stream starts smaller and grows to this only once a read fills its buffer (`splice::next_capacity`), and gives
