@@ -107,10 +107,7 @@ async fn direct_targets_work_while_the_server_is_down() {
         let t = bypassing().await;
         let Tunnel { server, agent, .. } = t;
         server.shutdown().await;
-        eventually(10, "the agent to see the tunnel down", || async {
-            health_status(agent.addr).await == Some(503)
-        })
-        .await;
+        agent.wait_down().await;
         let origin = spawn_origin().await;
         let (status, _) = get(agent.addr, &format!("http://{}/echo", origin.addr)).await;
         assert_eq!(status, StatusCode::OK);

@@ -346,10 +346,7 @@ async fn socks_with_the_tunnel_down_is_a_general_failure() {
         let t = tunnel().await;
         let Tunnel { server, agent, .. } = t;
         server.shutdown().await;
-        eventually(10, "the agent to see the tunnel down", || async {
-            health_status(agent.addr).await == Some(503)
-        })
-        .await;
+        agent.wait_down().await;
         let (_, reply_bytes) =
             socks5(agent.addr, &request_for("127.0.0.1:80".parse().unwrap())).await;
         assert_eq!(reply_bytes, reply(1));

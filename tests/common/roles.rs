@@ -91,6 +91,15 @@ impl AgentHandle {
         })
         .await;
     }
+
+    /// Waits until `/healthz` says the tunnel is down.
+    pub async fn wait_down(&self) {
+        let addr = self.addr;
+        eventually(10, "the agent to see the tunnel down", || async move {
+            health_status(addr).await == Some(503)
+        })
+        .await;
+    }
 }
 
 impl Drop for AgentHandle {
