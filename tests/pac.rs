@@ -10,7 +10,6 @@ mod common;
 use common::*;
 use fluidity::config::{DEFAULT_DIRECT_TARGETS, ProxyAuth};
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
 /// Runs `FindProxyForURL(url, host)` from `pac` for each `(url, host)` in Node.js; one answer per pair.
@@ -79,19 +78,6 @@ fn node_answers(pac: &str, table: &[(&str, &str, &str)]) -> Vec<String> {
         .collect()
 }
 
-/// The response to `GET {path}` with `Host: {host}`, split into head and body.
-async fn fetch(agent: SocketAddr, path: &str, host: &str) -> (String, String) {
-    let response = raw_request(
-        agent,
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(response).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
-}
-
 #[tokio::test]
 async fn the_pac_file_sends_direct_targets_direct_and_the_rest_to_the_agent() {
     within(30, async {
@@ -117,7 +103,7 @@ async fn the_pac_file_sends_direct_targets_direct_and_the_rest_to_the_agent() {
         .await;
         let agent = t.agent.addr;
         let host = agent.to_string();
-        let (head, pac) = fetch(agent, "/proxy.pac", &host).await;
+        let (head, pac) = get_own(agent, "/proxy.pac", &host, "").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(
             head.to_ascii_lowercase()
@@ -126,7 +112,7 @@ async fn the_pac_file_sends_direct_targets_direct_and_the_rest_to_the_agent() {
         );
         // Served without proxy_auth (browsers fetch PAC files without proxy credentials), and the same with a
         // query string.
-        let (head, again) = fetch(agent, "/proxy.pac?nocache=1", &host).await;
+        let (head, again) = get_own(agent, "/proxy.pac?nocache=1", &host, "").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert_eq!(again, pac);
 
@@ -177,10 +163,10 @@ async fn the_pac_file_sends_direct_targets_direct_and_the_rest_to_the_agent() {
         }
 
         // The proxy address is the one the caller used.
-        let (_, named) = fetch(agent, "/proxy.pac", "localhost:8080").await;
+        let (_, named) = get_own(agent, "/proxy.pac", "localhost:8080", "").await;
         assert!(named.contains("\"PROXY localhost:8080\""), "{named}");
         // A Host that could break out of the string is not used as is.
-        let (_, odd) = fetch(agent, "/proxy.pac", "a\"b").await;
+        let (_, odd) = get_own(agent, "/proxy.pac", "a\"b", "").await;
         assert!(!odd.contains("a\"b"), "{odd}");
     })
     .await;
@@ -191,7 +177,7 @@ async fn an_empty_rule_list_sends_everything_to_the_agent() {
     within(20, async {
         let t = tunnel().await;
         let host = t.agent.addr.to_string();
-        let (_, pac) = fetch(t.agent.addr, "/proxy.pac", &host).await;
+        let (_, pac) = get_own(t.agent.addr, "/proxy.pac", &host, "").await;
         let proxy = format!("PROXY {host}");
         let answers = node_answers(
             &pac,

@@ -13,22 +13,8 @@ use fluidity::config::ProxyAuth;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 
-/// The response to `GET {path}` with `Host: {host}` and `extra` header lines, split into head and body.
-async fn fetch(agent: SocketAddr, path: &str, host: &str, extra: &str) -> (String, String) {
-    let response = raw_request(
-        agent,
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let text = String::from_utf8(response).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.to_owned(), body.to_owned())
-}
-
 async fn status_json(agent: SocketAddr) -> serde_json::Value {
-    let (head, body) = fetch(agent, "/status", &agent.to_string(), "").await;
+    let (head, body) = get_own(agent, "/status", &agent.to_string(), "").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -104,13 +90,13 @@ async fn the_page_and_its_data_need_the_proxy_credential_and_a_local_host() {
         let good = "YWxpY2U6czNjcmV0";
         let bad = "YWxpY2U6d3Jvbmc=";
         for path in ["/", "/status"] {
-            let (head, _) = fetch(agent, path, &host, "").await;
+            let (head, _) = get_own(agent, path, &host, "").await;
             assert!(head.starts_with("HTTP/1.1 401"), "{path}: {head}");
             assert!(
                 head.contains("www-authenticate: Basic realm=\"fluidity\""),
                 "{path}: {head}"
             );
-            let (head, _) = fetch(
+            let (head, _) = get_own(
                 agent,
                 path,
                 &host,
@@ -120,11 +106,11 @@ async fn the_page_and_its_data_need_the_proxy_credential_and_a_local_host() {
             assert!(head.starts_with("HTTP/1.1 401"), "{path}: {head}");
             for name in ["Authorization", "Proxy-Authorization"] {
                 let (head, _) =
-                    fetch(agent, path, &host, &format!("{name}: Basic {good}\r\n")).await;
+                    get_own(agent, path, &host, &format!("{name}: Basic {good}\r\n")).await;
                 assert!(head.starts_with("HTTP/1.1 200"), "{path} {name}: {head}");
             }
             // A name rebound to the loopback address is not the agent's own page.
-            let (head, _) = fetch(
+            let (head, _) = get_own(
                 agent,
                 path,
                 "rebound.example:8080",
@@ -133,7 +119,7 @@ async fn the_page_and_its_data_need_the_proxy_credential_and_a_local_host() {
             .await;
             assert!(head.starts_with("HTTP/1.1 403"), "{path}: {head}");
         }
-        let (head, page) = fetch(
+        let (head, page) = get_own(
             agent,
             "/",
             "localhost",

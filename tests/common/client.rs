@@ -27,6 +27,21 @@ pub async fn raw_request(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<
     }
 }
 
+/// `GET {path}` in origin form (a request for the agent itself) with `Host: {host}` and `extra` header lines (each
+/// ending in CRLF); the response split into head and body.
+pub async fn get_own(agent: SocketAddr, path: &str, host: &str, extra: &str) -> (String, String) {
+    let response = raw_request(
+        agent,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8(response).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
 /// Sends raw bytes and reads only the status line's code (for answers after which the peer may keep the
 /// connection open).
 pub async fn raw_status(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
