@@ -253,18 +253,28 @@ fn run_certs(command: CertsCommand) -> ExitCode {
             force,
             passphrase_file,
         } => {
-            let passphrase = match passphrase_file.as_deref().map(read_passphrase).transpose() {
+            let passphrase = match read_passphrase(passphrase_file.as_deref()) {
                 Ok(passphrase) => passphrase,
                 Err(err) => return config_failure(err),
             };
-            certs::invite(&ca_dir, &name, &server, &out, days, force, passphrase.as_deref()).inspect(|_| {
-            eprintln!(
-                "{} is a secret: it holds {name}'s private key. Send it over a private channel (in person, \
-                 an end-to-end encrypted message), delete it once joined, then run on the new device: \
-                 fluidity join FILE",
-                out.display()
+            let written = certs::invite(
+                &ca_dir,
+                &name,
+                &server,
+                &out,
+                days,
+                force,
+                passphrase.as_deref(),
             );
-        }).map(|path| vec![path])
+            if written.is_ok() {
+                eprintln!(
+                    "{} is a secret: it holds {name}'s private key. Send it over a private channel (in person, \
+                     an end-to-end encrypted message), delete it once joined, then run on the new device: \
+                     fluidity join FILE",
+                    out.display()
+                );
+            }
+            written.map(|path| vec![path])
         }
         CertsCommand::Revoke { ca_dir, cert } => certs::revoke(&ca_dir, &cert).map(|crl| vec![crl]),
     };
@@ -294,12 +304,7 @@ fn run_join(args: JoinArgs, env: &HashMap<String, String>) -> ExitCode {
         Ok(data) => data,
         Err(err) => return config_failure(format!("{}: {err}", args.file.display())),
     };
-    let passphrase = match args
-        .passphrase_file
-        .as_deref()
-        .map(read_passphrase)
-        .transpose()
-    {
+    let passphrase = match read_passphrase(args.passphrase_file.as_deref()) {
         Ok(passphrase) => passphrase,
         Err(err) => return config_failure(err),
     };
@@ -338,30 +343,28 @@ fn run_join(args: JoinArgs, env: &HashMap<String, String>) -> ExitCode {
     }
 }
 
-/// The passphrase in `path` (`-`: standard input): its first line, without the line ending.
-fn read_passphrase(path: &std::path::Path) -> Result<String, String> {
-    let text = if path.as_os_str() == "-" {
+/// The passphrase in `path`, when given (`-`: standard input): its first line, without the line ending.
+fn read_passphrase(path: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let from_stdin = path.as_os_str() == "-";
+    let source = if from_stdin {
+        "standard input".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    let text = if from_stdin {
         let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|err| format!("cannot read the passphrase from standard input: {err}"))?;
-        line
+        std::io::stdin().read_line(&mut line).map(|_| line)
     } else {
         std::fs::read_to_string(path)
-            .map_err(|err| format!("passphrase file {}: {err}", path.display()))?
-    };
-    let line = text.lines().next().unwrap_or_default();
-    if line.is_empty() {
-        return Err(format!(
-            "the passphrase from {} is empty",
-            if path.as_os_str() == "-" {
-                "standard input".to_owned()
-            } else {
-                path.display().to_string()
-            }
-        ));
     }
-    Ok(line.to_owned())
+    .map_err(|err| format!("cannot read the passphrase from {source}: {err}"))?;
+    match text.lines().next() {
+        Some(line) if !line.is_empty() => Ok(Some(line.to_owned())),
+        _ => Err(format!("the passphrase from {source} is empty")),
+    }
 }
 
 /// mimalloc keeps freed memory for reuse instead of handing it back to the kernel at once: glibc's malloc returned
