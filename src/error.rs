@@ -83,6 +83,25 @@ impl ForwardError {
     }
 }
 
+/// What a `fluidity-error` class word ([`ForwardError::reason`]) means, in the words of the error bodies; an
+/// unknown word comes back as it is.
+pub(crate) fn describe_class(class: &str) -> &str {
+    match class {
+        "refused" => "target refused the connection",
+        "unreachable" => "cannot reach target",
+        "network_unreachable" => "network unreachable",
+        "dns" => "cannot resolve target",
+        "connect_timeout" => "connect timed out",
+        "response_timeout" => "target sent no response in time",
+        "forbidden" => "refused by the server's destination policy",
+        "rate_limited" => "rate limit exceeded",
+        "tunnel_down" | "tunnel" => "tunnel error",
+        "upstream" => "bad response from target",
+        "bad_request" => "bad request",
+        other => other,
+    }
+}
+
 /// The kind of the first `io::Error` in `err`'s source chain.
 fn io_kind(err: &(dyn StdError + 'static)) -> Option<io::ErrorKind> {
     let mut current: Option<&(dyn StdError + 'static)> = Some(err);

@@ -107,7 +107,7 @@ impl Agent {
     ///
     /// # Errors
     /// Unusable certificates or keys (the message names the file) or a port that cannot be bound.
-    pub async fn bind(config: AgentConfig) -> anyhow::Result<Self> {
+    pub async fn bind(mut config: AgentConfig) -> anyhow::Result<Self> {
         let tls = &config.tls;
         let files = Watched::new(vec![
             tls.cert_file.clone(),
@@ -119,7 +119,6 @@ impl Agent {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         // The address bound (port 0 picks one): what the status page and the PAC file's fallback name.
-        let mut config = config;
         config.listen = listener.local_addr()?;
         let metrics = Arc::new(AgentMetrics::new());
         expiry::record(&config.tls.cert_file, &metrics.cert_expiry_seconds, "agent");

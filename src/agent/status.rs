@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use super::Shared;
 use super::proxy::basic_matches;
-use crate::error::ForwardError;
+use crate::error::{ForwardError, describe_class};
 use crate::metrics::{RecentError, StreamKind};
 use crate::tunnel::{Body, ERROR_REASON_HEADER, text_response};
 
@@ -79,29 +79,11 @@ pub(super) fn record_answer<B>(
         .get(ERROR_REASON_HEADER)
         .and_then(|value| value.to_str().ok());
     let reason = match class {
-        Some(class) => format!("{status} from the server: {}", class_text(class)),
+        Some(class) => format!("{status} from the server: {}", describe_class(class)),
         None if status.is_server_error() => format!("{status} from the target"),
         None => return,
     };
     shared.metrics.recent.push(kind.as_str(), target, reason);
-}
-
-/// What a `fluidity-error` class means, in the words of the server's own error bodies.
-fn class_text(class: &str) -> &str {
-    match class {
-        "refused" => "target refused the connection",
-        "unreachable" => "cannot reach target",
-        "network_unreachable" => "network unreachable",
-        "dns" => "cannot resolve target",
-        "connect_timeout" => "connect timed out",
-        "response_timeout" => "target sent no response in time",
-        "forbidden" => "refused by the server's destination policy",
-        "rate_limited" => "rate limit exceeded",
-        "tunnel_down" | "tunnel" => "tunnel error",
-        "upstream" => "bad response from target",
-        "bad_request" => "bad request",
-        other => other,
-    }
 }
 
 /// Answers `GET /` and `GET /status`; `None` for other paths.
